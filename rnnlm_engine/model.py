@@ -1,0 +1,414 @@
+"""The recurrent language model: parameters, forward pass and gradients, on a backend.
+
+Embedding E[V, E] -> L recurrent layers (rnn / gru / lstm) -> decoder W[V, H] + bias ->
+log-softmax, with PyTorch word_language_model's parameter names and shapes. A Model is
+immutable after construction: its arrays are read-only, and any number of threads may
+call it at once (each call allocates its own work arrays; kernels release the GIL).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import NamedTuple
+
+import numpy as np
+
+from .backend import get_backend
+from .config import CELLS, GATES, ModelConfig
+from .errors import ConfigError, InputError, ParameterError
+
+
+class State(NamedTuple):
+    """Recurrent state between calls: h (L, B, H) float32; c (L, B, H) for lstm, else None."""
+
+    h: np.ndarray
+    c: np.ndarray | None = None
+
+
+class _Saved:
+    """What the forward pass keeps for the backward: per-layer inputs and cell outputs."""
+
+    def __init__(self) -> None:
+        self.layer_inputs: list[np.ndarray] = []
+        self.xprojs: list[np.ndarray] = []
+        self.hs: list[np.ndarray] = []
+        self.cs: list[np.ndarray | None] = []
+        self.acts: list[np.ndarray | None] = []
+
+
+class Model:
+    """A recurrent language model. Build one with ``Model.from_state_dict``."""
+
+    def __init__(self, config: ModelConfig, params: dict[str, np.ndarray], backend: str = "cpu"):
+        self._config = config
+        self._k: ModuleType = get_backend(backend)
+        self._params = _validated_params(config, params)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state_dict: dict[str, np.ndarray],
+        cell: str = "lstm",
+        tied: bool = False,
+        backend: str = "cpu",
+    ) -> Model:
+        """Build a model from name -> array, PyTorch word_language_model names and shapes.
+
+        The sizes are read from the arrays; ``cell`` and ``tied`` cannot be. For a tied
+        model ``decoder.weight`` may be absent or equal to ``encoder.weight``.
+        Raises ConfigError or ParameterError naming what is missing or wrong.
+        """
+        if not isinstance(state_dict, dict):
+            raise ParameterError(
+                f"state_dict must be a dict of name -> array; got {type(state_dict).__name__}"
+            )
+        if cell not in CELLS:
+            raise ConfigError(f"cell must be one of {', '.join(CELLS)}; got {cell!r}")
+        config = _infer_config(state_dict, cell, tied)
+        params = dict(state_dict)
+        if tied and "decoder.weight" in params:
+            enc = np.asarray(params["encoder.weight"])
+            dec = np.asarray(params.pop("decoder.weight"))
+            if dec.shape != enc.shape or not np.array_equal(dec, enc):
+                raise ParameterError(
+                    "tied=True but decoder.weight differs from encoder.weight; "
+                    "pass tied=False for a model with separate decoder weights"
+                )
+        return cls(config, params, backend)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Name -> float32 copy. Tied models list decoder.weight too (a copy of the
+        encoder's), as PyTorch's state_dict does, so torch's load_state_dict accepts it."""
+        out = {name: np.array(self._k.to_host(a)) for name, a in self._params.items()}
+        if self._config.tied:
+            out["decoder.weight"] = out["encoder.weight"].copy()
+        return out
+
+    @property
+    def config(self) -> ModelConfig:
+        return self._config
+
+    @property
+    def backend(self) -> str:
+        return self._k.NAME
+
+    def __repr__(self) -> str:
+        c = self._config
+        return (
+            f"Model({c.cell} {c.num_layers}x{c.hidden_size}, emb {c.emb_size}, "
+            f"vocab {c.vocab_size}{', tied' if c.tied else ''}, backend {self.backend!r})"
+        )
+
+    def zero_state(self, batch: int) -> State:
+        if isinstance(batch, bool) or not isinstance(batch, int | np.integer) or batch < 1:
+            raise InputError(f"batch must be a positive integer; got {batch!r}")
+        c = self._config
+        shape = (c.num_layers, int(batch), c.hidden_size)
+        return State(
+            np.zeros(shape, np.float32),
+            np.zeros(shape, np.float32) if c.cell == "lstm" else None,
+        )
+
+    # ------------------------------------------------------------------ public passes
+
+    def forward(self, ids, state=None) -> tuple[np.ndarray, State]:
+        """ids (T, B) ints in [0, V) -> (logprobs (T, B, V) float32, final State).
+
+        logprobs[t, b] is the log-softmax of the next-token distribution after ids[t, b].
+        """
+        ids = self._check_ids(ids, "ids")
+        state = self._check_state(state, ids.shape[1])
+        T, B = ids.shape
+        top, new_state = self._forward_layers(ids, state, None)
+        logits = self._decode(top)
+        logprobs = self._k.empty(logits.shape, np.float32)
+        self._k.log_softmax(logits, logprobs)
+        return logprobs.reshape(T, B, -1), new_state
+
+    def token_logprobs(self, inputs, targets, state=None) -> tuple[np.ndarray, State]:
+        """Scoring pass: (log p(targets[t, b] | history) as (T, B) float32, final State).
+
+        Computes the log-normaliser of every row but never writes the (T, B, V) matrix of
+        log-probabilities.
+        """
+        inputs, targets = self._check_pair(inputs, targets)
+        state = self._check_state(state, inputs.shape[1])
+        T, B = inputs.shape
+        top, new_state = self._forward_layers(inputs, state, None)
+        logits = self._decode(top)
+        nll = self._k.empty(T * B, np.float32)
+        self._k.xent_forward(logits, targets.reshape(-1), nll)
+        return -self._k.to_host(nll).reshape(T, B), new_state
+
+    def loss_and_grad(self, inputs, targets, state=None) -> tuple[float, dict, State]:
+        """Mean next-token cross-entropy in nats over all T * B positions and its gradients.
+
+        inputs, targets: (T, B) ints in [0, V). Returns (loss, grads, final State); grads
+        maps each parameter name (as in ``config.parameter_shapes()``) to a float32 array;
+        for tied weights the encoder's gradient holds both uses. The initial state is a
+        constant (truncated BPTT): carry the returned state into the next window.
+        """
+        inputs, targets = self._check_pair(inputs, targets)
+        state = self._check_state(state, inputs.shape[1])
+        k, p, c = self._k, self._params, self._config
+        T, B = inputs.shape
+        N = T * B
+        saved = _Saved()
+        top, new_state = self._forward_layers(inputs, state, saved)
+        logits = self._decode(top)
+
+        nll = k.empty(N, np.float32)
+        k.xent_forward_backward(logits, targets.reshape(-1), 1.0 / N, nll)
+        loss = float(np.sum(k.to_host(nll), dtype=np.float64) / N)
+        dlogits = logits  # overwritten in place by the kernel
+
+        grads: dict[str, np.ndarray] = {}
+        w_dec = p["encoder.weight"] if c.tied else p["decoder.weight"]
+        d_dec = k.empty((c.vocab_size, c.hidden_size), np.float32)
+        k.matmul(dlogits.T, top, out=d_dec)
+        grads["decoder.bias"] = np.sum(dlogits, axis=0)
+        dx = k.matmul(dlogits, w_dec)
+
+        for layer in reversed(range(c.num_layers)):
+            dx = self._layer_backward(layer, dx, state, saved, grads)
+
+        d_enc = d_dec if c.tied else k.zeros((c.vocab_size, c.emb_size), np.float32)
+        if not c.tied:
+            grads["decoder.weight"] = d_dec
+        k.embedding_backward(inputs.reshape(-1), dx, d_enc)
+        grads["encoder.weight"] = d_enc
+        return loss, {name: grads[name] for name in c.parameter_shapes()}, new_state
+
+    # ------------------------------------------------------------------ internals
+
+    def _forward_layers(self, ids, state: State, saved: _Saved | None):
+        """Embedding and every recurrent layer. Returns (top (T*B, H), final State)."""
+        k, p, c = self._k, self._params, self._config
+        T, B = ids.shape
+        H, G = c.hidden_size, c.gate_rows
+        x = k.empty((T * B, c.emb_size), np.float32)
+        k.embedding_forward(p["encoder.weight"], ids.reshape(-1), x)
+        h_final = np.empty((c.num_layers, B, H), np.float32)
+        c_final = np.empty_like(h_final) if c.cell == "lstm" else None
+        forward = k.CELL_FORWARD[c.cell]
+        acts_width = k.ACTS_PER_HIDDEN[c.cell] * H
+        for layer in range(c.num_layers):
+            xproj = k.empty((T * B, G), np.float32)
+            k.matmul(x, p[f"rnn.weight_ih_l{layer}"].T, out=xproj)
+            xproj += p[f"rnn.bias_ih_l{layer}"]
+            hs = k.empty((T, B, H), np.float32)
+            cs = k.empty((T, B, H), np.float32) if c_final is not None else None
+            acts = k.empty((T, B, acts_width), np.float32) if acts_width else None
+            c0 = state.c[layer] if state.c is not None else None
+            forward(
+                xproj.reshape(T, B, G),
+                p[f"rnn.weight_hh_l{layer}"],
+                p[f"rnn.bias_hh_l{layer}"],
+                state.h[layer],
+                c0,
+                hs,
+                cs,
+                acts,
+            )
+            if saved is not None:
+                saved.layer_inputs.append(x)
+                saved.xprojs.append(xproj)
+                saved.hs.append(hs)
+                saved.cs.append(cs)
+                saved.acts.append(acts)
+            h_final[layer] = hs[T - 1]
+            if c_final is not None:
+                c_final[layer] = cs[T - 1]
+            x = hs.reshape(T * B, H)
+        return x, State(h_final, c_final)
+
+    def _decode(self, top):
+        """top (N, H) -> logits (N, V) = top W^T + b."""
+        k, p, c = self._k, self._params, self._config
+        w_dec = p["encoder.weight"] if c.tied else p["decoder.weight"]
+        logits = k.empty((top.shape[0], c.vocab_size), np.float32)
+        k.matmul(top, w_dec.T, out=logits)
+        logits += p["decoder.bias"]
+        return logits
+
+    def _layer_backward(self, layer, dx, state: State, saved: _Saved, grads) -> np.ndarray:
+        """dx (T*B, H): gradient on this layer's outputs -> gradient on its inputs."""
+        k, p, c = self._k, self._params, self._config
+        hs, cs, acts = saved.hs[layer], saved.cs[layer], saved.acts[layer]
+        T, B, H = hs.shape
+        G = c.gate_rows
+        dxproj = saved.xprojs[layer].reshape(T, B, G)  # the forward's buffer, reused
+        dw_hh = k.empty((G, H), np.float32)
+        db_hh = k.empty(G, np.float32)
+        dh0 = k.empty((B, H), np.float32)
+        dc0 = k.empty((B, H), np.float32) if cs is not None else None
+        c0 = state.c[layer] if state.c is not None else None
+        k.CELL_BACKWARD[c.cell](
+            p[f"rnn.weight_hh_l{layer}"],
+            state.h[layer],
+            c0,
+            hs,
+            cs,
+            acts,
+            dx.reshape(T, B, H),
+            None,
+            dxproj,
+            dw_hh,
+            db_hh,
+            dh0,
+            dc0,
+        )
+        flat = dxproj.reshape(T * B, G)
+        x_in = saved.layer_inputs[layer]
+        grads[f"rnn.weight_hh_l{layer}"] = dw_hh
+        grads[f"rnn.bias_hh_l{layer}"] = db_hh
+        grads[f"rnn.weight_ih_l{layer}"] = k.matmul(flat.T, x_in)
+        grads[f"rnn.bias_ih_l{layer}"] = np.sum(flat, axis=0)
+        return k.matmul(flat, p[f"rnn.weight_ih_l{layer}"])
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_ids(self, ids, what: str) -> np.ndarray:
+        try:
+            arr = np.asarray(ids)
+        except Exception as e:  # ragged lists and the like
+            raise InputError(f"{what} must be a (T, B) integer array; {e}") from None
+        if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(
+                f"{what} must be a (T, B) integer array; got dtype {arr.dtype}"
+            )
+        if arr.ndim != 2:
+            raise InputError(
+                f"{what} must be a (T, B) array (time, batch); got {arr.ndim} dimensions "
+                f"{arr.shape}; use ids.reshape(-1, 1) for one sequence"
+            )
+        if arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise InputError(f"{what} is empty (shape {arr.shape}); give at least one token")
+        V = self._config.vocab_size
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= V:
+            bad = lo if lo < 0 else hi
+            where = tuple(int(i) for i in np.argwhere(arr == bad)[0])
+            raise InputError(
+                f"{what}[{where[0]}, {where[1]}] = {bad} is outside the vocabulary [0, {V})"
+            )
+        return np.ascontiguousarray(arr, dtype=np.int64)
+
+    def _check_pair(self, inputs, targets):
+        inputs = self._check_ids(inputs, "inputs")
+        targets = self._check_ids(targets, "targets")
+        if inputs.shape != targets.shape:
+            raise InputError(
+                f"inputs and targets must have the same (T, B) shape; got {inputs.shape} "
+                f"and {targets.shape}"
+            )
+        return inputs, targets
+
+    def _check_state(self, state, batch: int) -> State:
+        c = self._config
+        if state is None:
+            return self.zero_state(batch)
+        if isinstance(state, np.ndarray):
+            state = (state,)
+        if not isinstance(state, tuple) or len(state) not in (1, 2):
+            raise InputError(
+                "state must be a State, a tuple (h, c) or (h,), or an array h; "
+                f"got {type(state).__name__}"
+            )
+        h = state[0]
+        cc = state[1] if len(state) == 2 else None
+        shape = (c.num_layers, batch, c.hidden_size)
+        if c.cell == "lstm" and cc is None:
+            raise InputError("an lstm state needs both h and c; got only h")
+        if c.cell != "lstm" and cc is not None:
+            raise InputError(f"a {c.cell} state has no c; pass (h,) or h alone")
+        out = []
+        for name, a in (("h", h), ("c", cc)):
+            if a is None:
+                out.append(None)
+                continue
+            a = np.asarray(a)
+            if a.shape != shape:
+                raise InputError(
+                    f"state {name} must have shape (layers, batch, hidden) = {shape}; "
+                    f"got {a.shape}"
+                )
+            if not np.issubdtype(a.dtype, np.floating):
+                raise InputError(f"state {name} must be floating point; got {a.dtype}")
+            if not np.all(np.isfinite(a)):
+                raise InputError(f"state {name} contains NaN or infinity")
+            out.append(np.ascontiguousarray(a, dtype=np.float32))
+        return State(out[0], out[1])
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+def _infer_config(sd: dict, cell: str, tied: bool) -> ModelConfig:
+    def shape_of(name):
+        if name not in sd:
+            raise ParameterError(f"state_dict has no {name!r}")
+        return np.shape(sd[name])
+
+    enc = shape_of("encoder.weight")
+    if len(enc) != 2:
+        raise ParameterError(f"encoder.weight must be 2-D (V, E); got shape {enc}")
+    hh = shape_of("rnn.weight_hh_l0")
+    if len(hh) != 2:
+        raise ParameterError(f"rnn.weight_hh_l0 must be 2-D (G, H); got shape {hh}")
+    H = hh[1]
+    if hh[0] != GATES[cell] * H:
+        hint = [c for c in CELLS if GATES[c] * H == hh[0]]
+        raise ParameterError(
+            f"rnn.weight_hh_l0 has shape {hh}, but a {cell} cell with hidden size {H} needs "
+            f"({GATES[cell] * H}, {H})" + (f"; is this a {hint[0]} model?" if hint else "")
+        )
+    layers = 0
+    while f"rnn.weight_ih_l{layers}" in sd:
+        layers += 1
+    if layers == 0:
+        raise ParameterError("state_dict has no 'rnn.weight_ih_l0'")
+    return ModelConfig(
+        cell=cell,
+        vocab_size=int(enc[0]),
+        emb_size=int(enc[1]),
+        hidden_size=int(H),
+        num_layers=layers,
+        tied=tied,
+    )
+
+
+def _validated_params(config: ModelConfig, params: dict) -> dict[str, np.ndarray]:
+    """Float32, C-contiguous, read-only copies, checked against config. Raises ParameterError."""
+    expected = config.parameter_shapes()
+    unknown = sorted(set(params) - set(expected))
+    if unknown:
+        raise ParameterError(
+            f"unexpected parameter(s) {', '.join(map(repr, unknown))} for a "
+            f"{config.num_layers}-layer {config.cell} model"
+            + ("; tied models take no decoder.weight" if "decoder.weight" in unknown else "")
+        )
+    out = {}
+    for name, shape in expected.items():
+        if name not in params:
+            raise ParameterError(f"missing parameter {name!r} (expected shape {shape})")
+        try:
+            a = np.asarray(params[name])
+        except Exception as e:
+            raise ParameterError(f"parameter {name!r} is not an array: {e}") from None
+        if not np.issubdtype(a.dtype, np.floating):
+            raise ParameterError(
+                f"parameter {name!r} must be floating point; got dtype {a.dtype}"
+            )
+        if a.shape != shape:
+            raise ParameterError(f"parameter {name!r} must have shape {shape}; got {a.shape}")
+        a = np.array(a, dtype=np.float32, order="C", copy=True)
+        if not np.all(np.isfinite(a)):
+            raise ParameterError(
+                f"parameter {name!r} contains NaN or infinity (or values beyond float32)"
+            )
+        a.flags.writeable = False
+        out[name] = a
+    return out
