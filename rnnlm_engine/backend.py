@@ -23,7 +23,5 @@ def get_backend(name: str | None = None) -> ModuleType:
     if name is None:
         name = os.environ.get(ENV_VAR, "cpu")
     if name not in BACKENDS:
-        raise BackendError(
-            f"unknown backend {name!r}; available here: {', '.join(BACKENDS)}"
-        )
+        raise BackendError(f"unknown backend {name!r}; available here: {', '.join(BACKENDS)}")
     return importlib.import_module(f"rnnlm_engine.kernels.{name}")

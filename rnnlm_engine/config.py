@@ -57,9 +57,7 @@ class ModelConfig:
 
         For tied models decoder.weight is the encoder's array and is not listed twice.
         """
-        shapes: dict[str, tuple[int, ...]] = {
-            "encoder.weight": (self.vocab_size, self.emb_size)
-        }
+        shapes: dict[str, tuple[int, ...]] = {"encoder.weight": (self.vocab_size, self.emb_size)}
         for k in range(self.num_layers):
             shapes[f"rnn.weight_ih_l{k}"] = (self.gate_rows, self.layer_input_size(k))
             shapes[f"rnn.weight_hh_l{k}"] = (self.gate_rows, self.hidden_size)

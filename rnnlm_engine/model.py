@@ -276,9 +276,7 @@ class Model:
         except Exception as e:  # ragged lists and the like
             raise InputError(f"{what} must be a (T, B) integer array; {e}") from None
         if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-            raise InputError(
-                f"{what} must be a (T, B) integer array; got dtype {arr.dtype}"
-            )
+            raise InputError(f"{what} must be a (T, B) integer array; got dtype {arr.dtype}")
         if arr.ndim != 2:
             raise InputError(
                 f"{what} must be a (T, B) array (time, batch); got {arr.ndim} dimensions "
@@ -332,8 +330,7 @@ class Model:
             a = np.asarray(a)
             if a.shape != shape:
                 raise InputError(
-                    f"state {name} must have shape (layers, batch, hidden) = {shape}; "
-                    f"got {a.shape}"
+                    f"state {name} must have shape (layers, batch, hidden) = {shape}; got {a.shape}"
                 )
             if not np.issubdtype(a.dtype, np.floating):
                 raise InputError(f"state {name} must be floating point; got {a.dtype}")
@@ -399,9 +396,7 @@ def _validated_params(config: ModelConfig, params: dict) -> dict[str, np.ndarray
         except Exception as e:
             raise ParameterError(f"parameter {name!r} is not an array: {e}") from None
         if not np.issubdtype(a.dtype, np.floating):
-            raise ParameterError(
-                f"parameter {name!r} must be floating point; got dtype {a.dtype}"
-            )
+            raise ParameterError(f"parameter {name!r} must be floating point; got dtype {a.dtype}")
         if a.shape != shape:
             raise ParameterError(f"parameter {name!r} must have shape {shape}; got {a.shape}")
         a = np.array(a, dtype=np.float32, order="C", copy=True)

@@ -1,0 +1,288 @@
+"""Every CPU kernel against its float64 oracle twin, on inputs drawn by Hypothesis.
+
+Hypothesis draws the shapes (including 1 and odd sizes), the scales (small, ordinary, and
+large enough to saturate the gates or make outlier logits) and a seed; the arrays come
+from a seeded NumPy generator. Each kernel gets float32 inputs; the oracle gets the same
+values in float64. Outputs are filled with NaN before each call, so an element a kernel
+fails to write shows up as NaN and fails the comparison.
+
+Error measure: normwise relative error, max|got - want| / max|want| over a whole tensor
+(element-wise relative error is meaningless for values near 0, such as log-probs of
+near-certain tokens or gradients that cancel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import rnnlm_engine.kernels.cpu as kc
+from rnnlm_engine import oracle
+
+CELLS = ["rnn", "gru", "lstm"]
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+# Tolerances, from float32 rounding (unit roundoff u = 6e-8):
+# - one step: a dot product of K <= 128 terms in float32 has error ~ sqrt(K) u |terms|,
+#   about 1e-6 relative, and each activation adds a few ulps;
+# - through time: the backward pass carries those errors through Jacobians over up to 40
+#   steps; with recurrent weights up to 2/sqrt(H) they stay bounded. Over 1,500 draws of
+#   the strategies below (bench/kernel_error_sweep.py; bench/RESULTS.md) the worst errors
+#   were 7.5e-7 (forward) and 9.5e-6 (gradients): the bounds keep a 10x margin.
+FWD_TOL = 1e-5
+GRAD_TOL = 1e-4
+SOFTMAX_TOL = 1e-5  # one row: exp error 2e-7 relative plus a sum of V <= 300 terms
+
+
+def rel_err(got, want, floor: float = 0.0) -> float:
+    """max|got - want| / max(max|want|, floor); floor keeps an all-but-zero tensor (say the
+    gradient through fully saturated gates) from turning float32 noise into a 100% error."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert np.all(np.isfinite(got)), "kernel left NaN (unwritten element) or inf"
+    scale = max(float(np.max(np.abs(want))), floor)
+    return float(np.max(np.abs(got - want)) / scale) if scale > 0 else float(np.max(np.abs(got)))
+
+
+def poisoned(shape) -> np.ndarray:
+    return np.full(shape, np.nan, np.float32)
+
+
+def f32(rng, shape, scale=1.0) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- embedding
+
+
+@given(
+    V=st.integers(1, 300),
+    E=st.integers(1, 64),
+    N=st.integers(1, 200),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_embedding_forward_and_backward(V, E, N, seed):
+    rng = np.random.default_rng(seed)
+    weight = f32(rng, (V, E))
+    ids = rng.integers(0, V, N)  # repeats are likely: the scatter-add must sum them
+    out = poisoned((N, E))
+    kc.embedding_forward(weight, ids, out)
+    np.testing.assert_array_equal(out, oracle.embedding_forward(weight, ids))  # a copy: exact
+
+    dout = f32(rng, (N, E))
+    dweight = np.zeros((V, E), np.float32)
+    kc.embedding_backward(ids, dout, dweight)
+    want = oracle.embedding_backward(ids, dout.astype(np.float64), V)
+    # a sum of at most N float32 terms per element
+    assert rel_err(dweight, want) < 1e-5
+
+
+# ---------------------------------------------------------------------------- cells
+
+
+def cell_inputs(rng, cell, T, B, H, w_scale, x_scale):
+    G = GATES[cell] * H
+    return dict(
+        xproj=f32(rng, (T, B, G), x_scale),
+        w_hh=(rng.uniform(-1, 1, (G, H)) * w_scale / np.sqrt(H)).astype(np.float32),
+        b_hh=f32(rng, G, 0.5),
+        h0=rng.uniform(-1, 1, (B, H)).astype(np.float32),
+        c0=f32(rng, (B, H), 2.0) if cell == "lstm" else None,
+    )
+
+
+def run_cell_kernels(cell, inp, dhs, dcT):
+    """Forward then backward through the CPU kernels, with NaN-poisoned outputs."""
+    T, B, G = inp["xproj"].shape
+    H = inp["h0"].shape[1]
+    hs = poisoned((T, B, H))
+    cs = poisoned((T, B, H)) if cell == "lstm" else None
+    width = kc.ACTS_PER_HIDDEN[cell] * H
+    acts = poisoned((T, B, width)) if width else None
+    kc.CELL_FORWARD[cell](
+        inp["xproj"], inp["w_hh"], inp["b_hh"], inp["h0"], inp["c0"], hs, cs, acts
+    )
+    dxproj, dw_hh, db_hh = poisoned((T, B, G)), poisoned((G, H)), poisoned(G)
+    dh0 = poisoned((B, H))
+    dc0 = poisoned((B, H)) if cell == "lstm" else None
+    kc.CELL_BACKWARD[cell](
+        inp["w_hh"], inp["h0"], inp["c0"], hs, cs, acts, dhs, dcT, dxproj, dw_hh, db_hh, dh0, dc0
+    )
+    return hs, cs, (dxproj, dw_hh, db_hh, dh0, dc0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@given(
+    T=st.integers(1, 40),
+    B=st.integers(1, 16),
+    H=st.integers(1, 64),
+    w_scale=st.sampled_from([0.5, 1.0, 2.0]),
+    x_scale=st.sampled_from([0.3, 1.0, 8.0]),  # 8: most gates saturate
+    seed=st.integers(0, 2**32 - 1),
+)
+@example(T=1, B=1, H=1, w_scale=1.0, x_scale=1.0, seed=0)
+@example(T=40, B=16, H=64, w_scale=2.0, x_scale=8.0, seed=1)
+def test_cell_forward_backward(cell, T, B, H, w_scale, x_scale, seed):
+    rng = np.random.default_rng(seed)
+    inp = cell_inputs(rng, cell, T, B, H, w_scale, x_scale)
+    dhs = f32(rng, (T, B, H))
+    dcT = f32(rng, (B, H)) if cell == "lstm" else None
+    hs, cs, grads = run_cell_kernels(cell, inp, dhs, dcT)
+
+    i64 = {k: (None if v is None else v.astype(np.float64)) for k, v in inp.items()}
+    want_hs, _, _, cache = oracle.CELL_FORWARD[cell](
+        i64["xproj"], i64["w_hh"], i64["b_hh"], i64["h0"], i64["c0"]
+    )
+    assert rel_err(hs, want_hs) < FWD_TOL
+    if cell == "lstm":
+        want_cs = np.stack([step[6] for step in cache["steps"]])
+        assert rel_err(cs, want_cs) < FWD_TOL
+
+    want = oracle.CELL_BACKWARD[cell](
+        cache, dhs.astype(np.float64), None if dcT is None else dcT.astype(np.float64), i64["w_hh"]
+    )
+    # Through a saturated gate, 1 - tanh(x)^2 is 0 in float32 but ~1e-15 in float64: an
+    # absolute error of up to 2u |dh|. Gradients are judged relative to at least 1e-3 of
+    # the incoming gradient, i.e. an absolute error of 1e-6 |dh| is always accepted.
+    floor = 1e-3 * float(np.max(np.abs(dhs)))
+    for name, got, w in zip(("dxproj", "dw_hh", "db_hh", "dh0", "dc0"), grads, want, strict=True):
+        if w is None:
+            assert got is None
+            continue
+        assert rel_err(got, w, floor) < GRAD_TOL, name
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_cell_saturated_gates_stay_finite(cell):
+    """Pre-activations of +-1e4 saturate every gate: outputs exact +-1/0, no inf or NaN."""
+    rng = np.random.default_rng(7)
+    inp = cell_inputs(rng, cell, 5, 3, 8, 1.0, 1.0)
+    inp["xproj"] = np.where(rng.random(inp["xproj"].shape) < 0.5, -1e4, 1e4).astype(np.float32)
+    hs, cs, grads = run_cell_kernels(cell, inp, f32(rng, (5, 3, 8)), None)
+    i64 = {k: (None if v is None else v.astype(np.float64)) for k, v in inp.items()}
+    with np.errstate(over="ignore"):
+        want_hs = oracle.CELL_FORWARD[cell](
+            i64["xproj"], i64["w_hh"], i64["b_hh"], i64["h0"], i64["c0"]
+        )[0]
+    assert rel_err(hs, want_hs) < FWD_TOL
+    for g in grads:
+        assert g is None or np.all(np.isfinite(g))
+
+
+# ---------------------------------------------------------------------------- softmax
+
+
+def outlier_logits(rng, N, V, scale, n_outliers):
+    """Random logits with a few large outliers per row: a realistic peaked distribution
+    (uniform random logits make every probability ~1/V and hide errors)."""
+    logits = rng.standard_normal((N, V)) * scale
+    for n in range(N):
+        cols = rng.integers(0, V, n_outliers)
+        logits[n, cols] += rng.uniform(5, 40, n_outliers) * rng.choice([-1, 1], n_outliers)
+    return logits.astype(np.float32)
+
+
+softmax_shapes = dict(
+    N=st.integers(1, 64),
+    V=st.integers(2, 300),
+    scale=st.sampled_from([0.1, 1.0, 10.0, 50.0]),
+    n_outliers=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+
+
+@given(**softmax_shapes)
+@example(N=1, V=2, scale=50.0, n_outliers=3, seed=0)
+def test_log_softmax(N, V, scale, n_outliers, seed):
+    rng = np.random.default_rng(seed)
+    logits = outlier_logits(rng, N, V, scale, n_outliers)
+    out = poisoned((N, V))
+    kc.log_softmax(logits, out)
+    want = oracle.log_softmax(logits.astype(np.float64))
+    # per element: |error| <= a few ulps of |logit - max| plus the log-sum's rounding
+    assert rel_err(out, want) < SOFTMAX_TOL
+
+
+@given(**softmax_shapes)
+def test_xent_forward(N, V, scale, n_outliers, seed):
+    rng = np.random.default_rng(seed)
+    logits = outlier_logits(rng, N, V, scale, n_outliers)
+    targets = rng.integers(0, V, N)
+    nll = poisoned(N)
+    kc.xent_forward(logits, targets, nll)
+    want = oracle.xent_forward(logits.astype(np.float64), targets)
+    # absolute: nll is a difference of two logits-sized numbers, so its error scales with
+    # the logits' magnitude, not with nll itself (which may be ~0 for a certain target)
+    assert np.max(np.abs(nll - want)) < SOFTMAX_TOL * max(1.0, np.max(np.abs(logits)))
+
+
+@given(**softmax_shapes, scale_factor=st.sampled_from([1.0, 1 / 7, 1e-3]))
+def test_xent_forward_backward(N, V, scale, n_outliers, seed, scale_factor):
+    rng = np.random.default_rng(seed)
+    logits = outlier_logits(rng, N, V, scale, n_outliers)
+    targets = rng.integers(0, V, N)
+    nll = poisoned(N)
+    grad = logits.copy()  # overwritten in place with the gradient
+    kc.xent_forward_backward(grad, targets, scale_factor, nll)
+    l64 = logits.astype(np.float64)
+    want_nll = oracle.xent_forward(l64, targets)
+    assert np.max(np.abs(nll - want_nll)) < SOFTMAX_TOL * max(1.0, np.max(np.abs(logits)))
+    # softmax - onehot: each element is a probability, off by a few ulps of 1 at most (a
+    # target of probability 1 - 1e-13 is exactly 1 in float32), so errors are judged
+    # against the gradient's natural size, scale_factor, when the gradient is smaller
+    want = oracle.xent_backward(l64, targets, scale_factor)
+    assert rel_err(grad, want, floor=scale_factor) < SOFTMAX_TOL
+
+
+# ---------------------------------------------------------------------------- optimizer
+
+
+@given(n=st.integers(1, 5000), seed=st.integers(0, 2**32 - 1))
+def test_sum_of_squares_and_scale(n, seed):
+    rng = np.random.default_rng(seed)
+    x = f32(rng, n, 3.0)
+    got = kc.sum_of_squares(x)
+    want = oracle.global_norm([x]) ** 2
+    assert abs(got - want) <= 1e-12 * max(want, 1.0)  # float64 accumulation of exact squares
+    y = x.copy()
+    kc.scale_inplace(y, 0.37)
+    np.testing.assert_allclose(y, x.astype(np.float64) * 0.37, rtol=1e-6)  # one rounding
+
+
+@given(
+    n=st.integers(1, 5000),
+    lr=st.sampled_from([1e-3, 0.1, 20.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_sgd_update(n, lr, seed):
+    rng = np.random.default_rng(seed)
+    p, g = f32(rng, n), f32(rng, n)
+    got = p.copy()
+    kc.sgd_update(got, g, lr)
+    want = oracle.sgd_update(p.astype(np.float64), g.astype(np.float64), lr)
+    # p - lr g in float32: two roundings of terms of size max(|p|, lr |g|)
+    assert np.max(np.abs(got - want)) <= 4e-7 * max(1.0, np.max(np.abs(want)), lr * np.abs(g).max())
+
+
+@given(
+    n=st.integers(1, 3000),
+    steps=st.integers(1, 5),
+    lr=st.sampled_from([1e-3, 2e-3, 0.1]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_adam_update(n, steps, lr, seed):
+    rng = np.random.default_rng(seed)
+    p = f32(rng, n)
+    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    p64, m64, v64 = p.astype(np.float64), np.zeros(n), np.zeros(n)
+    for step in range(1, steps + 1):
+        g = f32(rng, n, 10.0 ** rng.integers(-4, 2))  # gradients of very different sizes
+        kc.adam_update(p, g, m, v, lr, 0.9, 0.999, 1e-8, step)
+        p64, m64, v64 = oracle.adam_update(p64, g.astype(np.float64), m64, v64, step, lr)
+    # each step moves p by about lr (Adam's step is bounded by lr); float32 rounding of the
+    # ratio m / sqrt(v) costs a few ulps of that step, plus the rounding of p itself
+    assert np.max(np.abs(p - p64)) <= steps * lr * 1e-5 + 1e-6 * np.max(np.abs(p64))
+    assert rel_err(m, m64) < 1e-5
+    assert rel_err(v, v64) < 1e-5
