@@ -124,7 +124,7 @@ class Model:
         top, new_state = self._forward_layers(ids, state, None)
         logits = self._decode(top)
         logprobs = self._k.empty(logits.shape, np.float32)
-        self._k.log_softmax(logits, logprobs)
+        self._k.log_softmax(logits, self._params["decoder.bias"], logprobs)
         return logprobs.reshape(T, B, -1), new_state
 
     def token_logprobs(self, inputs, targets, state=None) -> tuple[np.ndarray, State]:
@@ -139,7 +139,7 @@ class Model:
         top, new_state = self._forward_layers(inputs, state, None)
         logits = self._decode(top)
         nll = self._k.empty(T * B, np.float32)
-        self._k.xent_forward(logits, targets.reshape(-1), nll)
+        self._k.xent_forward(logits, self._params["decoder.bias"], targets.reshape(-1), nll)
         return -self._k.to_host(nll).reshape(T, B), new_state
 
     def loss_and_grad(self, inputs, targets, state=None) -> tuple[float, dict, State]:
@@ -160,15 +160,16 @@ class Model:
         logits = self._decode(top)
 
         nll = k.empty(N, np.float32)
-        k.xent_forward_backward(logits, targets.reshape(-1), 1.0 / N, nll)
+        grads: dict[str, np.ndarray] = {"decoder.bias": k.empty(c.vocab_size, np.float32)}
+        k.xent_forward_backward(
+            logits, p["decoder.bias"], targets.reshape(-1), 1.0 / N, nll, grads["decoder.bias"]
+        )
         loss = float(np.sum(k.to_host(nll), dtype=np.float64) / N)
         dlogits = logits  # overwritten in place by the kernel
 
-        grads: dict[str, np.ndarray] = {}
         w_dec = p["encoder.weight"] if c.tied else p["decoder.weight"]
         d_dec = k.empty((c.vocab_size, c.hidden_size), np.float32)
         k.matmul(dlogits.T, top, out=d_dec)
-        grads["decoder.bias"] = np.sum(dlogits, axis=0)
         dx = k.matmul(dlogits, w_dec)
 
         for layer in reversed(range(c.num_layers)):
@@ -225,12 +226,12 @@ class Model:
         return x, State(h_final, c_final)
 
     def _decode(self, top):
-        """top (N, H) -> logits (N, V) = top W^T + b."""
+        """top (N, H) -> logits (N, V) = top W^T, without the bias (the softmax kernels
+        add it)."""
         k, p, c = self._k, self._params, self._config
         w_dec = p["encoder.weight"] if c.tied else p["decoder.weight"]
         logits = k.empty((top.shape[0], c.vocab_size), np.float32)
         k.matmul(top, w_dec.T, out=logits)
-        logits += p["decoder.bias"]
         return logits
 
     def _layer_backward(self, layer, dx, state: State, saved: _Saved, grads) -> np.ndarray:

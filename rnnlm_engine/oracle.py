@@ -160,22 +160,25 @@ CELL_BACKWARD = {"rnn": rnn_backward, "gru": gru_backward, "lstm": lstm_backward
 
 
 # ---------------------------------------------------------------------------- softmax
+# bias (V,) is the decoder bias, added to every row (the kernels fuse that addition).
 
 
-def log_softmax(logits):
-    """logits (N, V) -> (N, V) log-probabilities."""
-    shifted = logits - logits.max(axis=1, keepdims=True)  # exp() would overflow otherwise
+def log_softmax(logits, bias=0.0):
+    """logits (N, V) -> (N, V) log-probabilities of softmax(logits + bias)."""
+    z = logits + bias
+    shifted = z - z.max(axis=1, keepdims=True)  # exp() would overflow otherwise
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def xent_forward(logits, targets):
-    """logits (N, V), targets (N,) -> nll (N,): -log softmax(logits)[n, targets[n]]."""
-    return -log_softmax(logits)[np.arange(len(targets)), targets]
+def xent_forward(logits, bias, targets):
+    """logits (N, V), bias (V,), targets (N,) -> nll (N,) = -log softmax(...)[n, targets[n]]."""
+    return -log_softmax(logits, bias)[np.arange(len(targets)), targets]
 
 
-def xent_backward(logits, targets, scale):
-    """Gradient of scale * sum(nll) with respect to logits: scale * (softmax - onehot)."""
-    d = np.exp(log_softmax(logits))
+def xent_backward(logits, bias, targets, scale):
+    """Gradient of scale * sum(nll) with respect to logits: scale * (softmax - onehot).
+    The bias's gradient is its column sum."""
+    d = np.exp(log_softmax(logits, bias))
     d[np.arange(len(targets)), targets] -= 1.0
     return scale * d
 
@@ -238,7 +241,7 @@ def _run_layers(p, config, ids, state):
         h_final.append(h)
         c_final.append(c)
         x = hs
-    logits = x.reshape(T * B, -1) @ _decoder_weight(p, config).T + p["decoder.bias"]
+    logits = x.reshape(T * B, -1) @ _decoder_weight(p, config).T
     new_state = (np.stack(h_final), None if c0s is None else np.stack(c_final))
     return logits, new_state, (layer_inputs, caches, x)
 
@@ -248,7 +251,7 @@ def model_forward(params, config: ModelConfig, ids, state=None):
     p = _params64(params)
     logits, new_state, _ = _run_layers(p, config, np.asarray(ids), state)
     T, B = ids.shape
-    return log_softmax(logits).reshape(T, B, -1), new_state
+    return log_softmax(logits, p["decoder.bias"]).reshape(T, B, -1), new_state
 
 
 def model_loss_and_grad(params, config: ModelConfig, inputs, targets, state=None):
@@ -262,8 +265,8 @@ def model_loss_and_grad(params, config: ModelConfig, inputs, targets, state=None
     T, B = inputs.shape
     logits, new_state, (layer_inputs, caches, top) = _run_layers(p, config, inputs, state)
     flat_targets = targets.reshape(-1)
-    loss = float(xent_forward(logits, flat_targets).mean())
-    dlogits = xent_backward(logits, flat_targets, 1.0 / (T * B))
+    loss = float(xent_forward(logits, p["decoder.bias"], flat_targets).mean())
+    dlogits = xent_backward(logits, p["decoder.bias"], flat_targets, 1.0 / (T * B))
 
     grads = {name: np.zeros(shape) for name, shape in config.parameter_shapes().items()}
     w_dec = _decoder_weight(p, config)

@@ -198,42 +198,52 @@ softmax_shapes = dict(
 def test_log_softmax(N, V, scale, n_outliers, seed):
     rng = np.random.default_rng(seed)
     logits = outlier_logits(rng, N, V, scale, n_outliers)
+    bias = f32(rng, V, scale)
     out = poisoned((N, V))
-    kc.log_softmax(logits, out)
-    want = oracle.log_softmax(logits.astype(np.float64))
+    kc.log_softmax(logits, bias, out)
+    want = oracle.log_softmax(logits.astype(np.float64), bias.astype(np.float64))
     # per element: |error| <= a few ulps of |logit - max| plus the log-sum's rounding
     assert rel_err(out, want) < SOFTMAX_TOL
+
+
+def nll_tolerance(logits, bias):
+    # absolute: nll is a difference of two logits-sized numbers, so its error scales with
+    # the logits' magnitude, not with nll itself (which may be ~0 for a certain target)
+    return SOFTMAX_TOL * max(1.0, float(np.max(np.abs(logits)) + np.max(np.abs(bias))))
 
 
 @given(**softmax_shapes)
 def test_xent_forward(N, V, scale, n_outliers, seed):
     rng = np.random.default_rng(seed)
     logits = outlier_logits(rng, N, V, scale, n_outliers)
+    bias = f32(rng, V, scale)
     targets = rng.integers(0, V, N)
     nll = poisoned(N)
-    kc.xent_forward(logits, targets, nll)
-    want = oracle.xent_forward(logits.astype(np.float64), targets)
-    # absolute: nll is a difference of two logits-sized numbers, so its error scales with
-    # the logits' magnitude, not with nll itself (which may be ~0 for a certain target)
-    assert np.max(np.abs(nll - want)) < SOFTMAX_TOL * max(1.0, np.max(np.abs(logits)))
+    kc.xent_forward(logits, bias, targets, nll)
+    want = oracle.xent_forward(logits.astype(np.float64), bias.astype(np.float64), targets)
+    assert np.max(np.abs(nll - want)) < nll_tolerance(logits, bias)
 
 
 @given(**softmax_shapes, scale_factor=st.sampled_from([1.0, 1 / 7, 1e-3]))
+@example(N=1, V=2, scale=0.1, n_outliers=1, seed=114, scale_factor=1.0)
 def test_xent_forward_backward(N, V, scale, n_outliers, seed, scale_factor):
     rng = np.random.default_rng(seed)
     logits = outlier_logits(rng, N, V, scale, n_outliers)
+    bias = f32(rng, V, scale)
     targets = rng.integers(0, V, N)
-    nll = poisoned(N)
+    nll, dbias = poisoned(N), poisoned(V)
     grad = logits.copy()  # overwritten in place with the gradient
-    kc.xent_forward_backward(grad, targets, scale_factor, nll)
-    l64 = logits.astype(np.float64)
-    want_nll = oracle.xent_forward(l64, targets)
-    assert np.max(np.abs(nll - want_nll)) < SOFTMAX_TOL * max(1.0, np.max(np.abs(logits)))
+    kc.xent_forward_backward(grad, bias, targets, scale_factor, nll, dbias)
+    l64, b64 = logits.astype(np.float64), bias.astype(np.float64)
+    want_nll = oracle.xent_forward(l64, b64, targets)
+    assert np.max(np.abs(nll - want_nll)) < nll_tolerance(logits, bias)
     # softmax - onehot: each element is a probability, off by a few ulps of 1 at most (a
     # target of probability 1 - 1e-13 is exactly 1 in float32), so errors are judged
     # against the gradient's natural size, scale_factor, when the gradient is smaller
-    want = oracle.xent_backward(l64, targets, scale_factor)
+    want = oracle.xent_backward(l64, b64, targets, scale_factor)
     assert rel_err(grad, want, floor=scale_factor) < SOFTMAX_TOL
+    # the bias gradient sums N such elements per column
+    assert rel_err(dbias, want.sum(axis=0), floor=scale_factor) < SOFTMAX_TOL * max(1, N) ** 0.5
 
 
 # ---------------------------------------------------------------------------- optimizer
