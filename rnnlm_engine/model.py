@@ -18,6 +18,11 @@ from .config import CELLS, GATES, ModelConfig
 from .errors import ConfigError, InputError, ParameterError
 
 
+# Logits block size for forward-only passes: 1M floats (4 MB) stays in this CPU's cache
+# while the softmax kernel reads it back.
+_DECODE_BLOCK_FLOATS = 1 << 20
+
+
 class State(NamedTuple):
     """Recurrent state between calls: h (L, B, H) float32; c (L, B, H) for lstm, else None."""
 
@@ -122,9 +127,10 @@ class Model:
         state = self._check_state(state, ids.shape[1])
         T, B = ids.shape
         top, new_state = self._forward_layers(ids, state, None)
-        logits = self._decode(top)
-        logprobs = self._k.empty(logits.shape, np.float32)
-        self._k.log_softmax(logits, self._params["decoder.bias"], logprobs)
+        logprobs = self._k.empty((T * B, self._config.vocab_size), np.float32)
+        bias = self._params["decoder.bias"]
+        for r0, r1, logits in self._decode_blocks(top):
+            self._k.log_softmax(logits, bias, logprobs[r0:r1])
         return logprobs.reshape(T, B, -1), new_state
 
     def token_logprobs(self, inputs, targets, state=None) -> tuple[np.ndarray, State]:
@@ -137,9 +143,11 @@ class Model:
         state = self._check_state(state, inputs.shape[1])
         T, B = inputs.shape
         top, new_state = self._forward_layers(inputs, state, None)
-        logits = self._decode(top)
         nll = self._k.empty(T * B, np.float32)
-        self._k.xent_forward(logits, self._params["decoder.bias"], targets.reshape(-1), nll)
+        flat_targets = targets.reshape(-1)
+        bias = self._params["decoder.bias"]
+        for r0, r1, logits in self._decode_blocks(top):
+            self._k.xent_forward(logits, bias, flat_targets[r0:r1], nll[r0:r1])
         return -self._k.to_host(nll).reshape(T, B), new_state
 
     def loss_and_grad(self, inputs, targets, state=None) -> tuple[float, dict, State]:
@@ -224,6 +232,21 @@ class Model:
                 c_final[layer] = cs[T - 1]
             x = hs.reshape(T * B, H)
         return x, State(h_final, c_final)
+
+    def _decode_blocks(self, top):
+        """Yield (r0, r1, logits of rows r0:r1) block by block, for passes that need no
+        gradient: each block's logits are still in cache when the softmax kernel reads
+        them, instead of a full (N, V) matrix going out to memory and back."""
+        k, c = self._k, self._config
+        w_dec = self._params["encoder.weight" if c.tied else "decoder.weight"]
+        N = top.shape[0]
+        rows = max(1, min(N, _DECODE_BLOCK_FLOATS // c.vocab_size))
+        buf = k.empty((rows, c.vocab_size), np.float32)
+        for r0 in range(0, N, rows):
+            r1 = min(N, r0 + rows)
+            logits = buf[: r1 - r0]
+            k.matmul(top[r0:r1], w_dec.T, out=logits)
+            yield r0, r1, logits
 
     def _decode(self, top):
         """top (N, H) -> logits (N, V) = top W^T, without the bias (the softmax kernels

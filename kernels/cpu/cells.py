@@ -22,9 +22,31 @@ for rnn, whose saved activation is hs itself):
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import numba
 import numpy as np
 
 from . import _jit
+
+
+@contextmanager
+def _one_thread():
+    """Run the step kernels on the calling thread alone.
+
+    They are prange loops only so that Numba compiles them without aliasing (see
+    _jit.py); run on two threads, each step would end in a barrier, and with more busy
+    threads than cores a barrier waits for a descheduled thread: two processes running
+    these kernels side by side on 2 cores took minutes for what takes a second alone.
+    numba.set_num_threads is per calling thread, so other threads are not affected.
+    """
+    n = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(n)
+
 
 # width of the saved activations, in units of H
 ACTS_PER_HIDDEN = {"rnn": 0, "gru": 4, "lstm": 4}
@@ -44,18 +66,20 @@ def rnn_forward(xproj, w_hh, b_hh, h0, c0, hs, cs, acts):
     T, B, G = xproj.shape
     hp = np.empty((B, G), np.float32)
     h_prev = h0
-    for t in range(T):
-        np.matmul(h_prev, w_hh.T, out=hp)
-        _jit.rnn_step_forward(xproj[t], hp, b_hh, hs[t])
-        h_prev = hs[t]
+    with _one_thread():
+        for t in range(T):
+            np.matmul(h_prev, w_hh.T, out=hp)
+            _jit.rnn_step_forward(xproj[t], hp, b_hh, hs[t])
+            h_prev = hs[t]
 
 
 def rnn_backward(w_hh, h0, c0, hs, cs, acts, dhs, dcT, dxproj, dw_hh, db_hh, dh0, dc0):
     T, B, H = hs.shape
     dh_rec = np.zeros((B, H), np.float32)
-    for t in range(T - 1, -1, -1):
-        _jit.rnn_step_backward(dhs[t], dh_rec, hs[t], dxproj[t])
-        np.matmul(dxproj[t], w_hh, out=dh_rec)
+    with _one_thread():
+        for t in range(T - 1, -1, -1):
+            _jit.rnn_step_backward(dhs[t], dh_rec, hs[t], dxproj[t])
+            np.matmul(dxproj[t], w_hh, out=dh_rec)
     dh0[...] = dh_rec
     _accumulate_dw_hh(dxproj, h0, hs, dw_hh, db_hh)
 
@@ -64,10 +88,11 @@ def gru_forward(xproj, w_hh, b_hh, h0, c0, hs, cs, acts):
     T, B, G = xproj.shape
     hp = np.empty((B, G), np.float32)
     h_prev = h0
-    for t in range(T):
-        np.matmul(h_prev, w_hh.T, out=hp)
-        _jit.gru_step_forward(xproj[t], hp, b_hh, h_prev, hs[t], acts[t])
-        h_prev = hs[t]
+    with _one_thread():
+        for t in range(T):
+            np.matmul(h_prev, w_hh.T, out=hp)
+            _jit.gru_step_forward(xproj[t], hp, b_hh, h_prev, hs[t], acts[t])
+            h_prev = hs[t]
 
 
 def gru_backward(w_hh, h0, c0, hs, cs, acts, dhs, dcT, dxproj, dw_hh, db_hh, dh0, dc0):
@@ -75,10 +100,11 @@ def gru_backward(w_hh, h0, c0, hs, cs, acts, dhs, dcT, dxproj, dw_hh, db_hh, dh0
     dhproj = np.empty_like(dxproj)  # the recurrent product's gradient (differs in n block)
     dh_rec = np.zeros((B, H), np.float32)
     dh_carry = np.zeros((B, H), np.float32)  # dh * z: the path through h' = ... + z h
-    for t in range(T - 1, -1, -1):
-        h_prev = hs[t - 1] if t > 0 else h0
-        _jit.gru_step_backward(dhs[t], dh_rec, dh_carry, h_prev, acts[t], dxproj[t], dhproj[t])
-        np.matmul(dhproj[t], w_hh, out=dh_rec)
+    with _one_thread():
+        for t in range(T - 1, -1, -1):
+            h_prev = hs[t - 1] if t > 0 else h0
+            _jit.gru_step_backward(dhs[t], dh_rec, dh_carry, h_prev, acts[t], dxproj[t], dhproj[t])
+            np.matmul(dhproj[t], w_hh, out=dh_rec)
     np.add(dh_rec, dh_carry, out=dh0)
     _accumulate_dw_hh(dhproj, h0, hs, dw_hh, db_hh)
 
@@ -87,20 +113,22 @@ def lstm_forward(xproj, w_hh, b_hh, h0, c0, hs, cs, acts):
     T, B, G = xproj.shape
     hp = np.empty((B, G), np.float32)
     h_prev, c_prev = h0, c0
-    for t in range(T):
-        np.matmul(h_prev, w_hh.T, out=hp)
-        _jit.lstm_step_forward(xproj[t], hp, b_hh, c_prev, hs[t], cs[t], acts[t])
-        h_prev, c_prev = hs[t], cs[t]
+    with _one_thread():
+        for t in range(T):
+            np.matmul(h_prev, w_hh.T, out=hp)
+            _jit.lstm_step_forward(xproj[t], hp, b_hh, c_prev, hs[t], cs[t], acts[t])
+            h_prev, c_prev = hs[t], cs[t]
 
 
 def lstm_backward(w_hh, h0, c0, hs, cs, acts, dhs, dcT, dxproj, dw_hh, db_hh, dh0, dc0):
     T, B, H = hs.shape
     dh_rec = np.zeros((B, H), np.float32)
     dc = np.zeros((B, H), np.float32) if dcT is None else np.array(dcT, np.float32)
-    for t in range(T - 1, -1, -1):
-        c_prev = cs[t - 1] if t > 0 else c0
-        _jit.lstm_step_backward(dhs[t], dh_rec, dc, c_prev, cs[t], acts[t], dxproj[t])
-        np.matmul(dxproj[t], w_hh, out=dh_rec)
+    with _one_thread():
+        for t in range(T - 1, -1, -1):
+            c_prev = cs[t - 1] if t > 0 else c0
+            _jit.lstm_step_backward(dhs[t], dh_rec, dc, c_prev, cs[t], acts[t], dxproj[t])
+            np.matmul(dxproj[t], w_hh, out=dh_rec)
     dh0[...] = dh_rec
     dc0[...] = dc
     _accumulate_dw_hh(dxproj, h0, hs, dw_hh, db_hh)
