@@ -358,9 +358,13 @@ class Model:
                 )
             if not np.issubdtype(a.dtype, np.floating):
                 raise InputError(f"state {name} must be floating point; got {a.dtype}")
+            with np.errstate(over="ignore"):  # beyond float32 becomes inf: reported below
+                a = np.ascontiguousarray(a, dtype=np.float32)
             if not np.all(np.isfinite(a)):
-                raise InputError(f"state {name} contains NaN or infinity")
-            out.append(np.ascontiguousarray(a, dtype=np.float32))
+                raise InputError(
+                    f"state {name} contains NaN or infinity (or values beyond float32)"
+                )
+            out.append(a)
         return State(out[0], out[1])
 
 
@@ -423,7 +427,8 @@ def _validated_params(config: ModelConfig, params: dict) -> dict[str, np.ndarray
             raise ParameterError(f"parameter {name!r} must be floating point; got dtype {a.dtype}")
         if a.shape != shape:
             raise ParameterError(f"parameter {name!r} must have shape {shape}; got {a.shape}")
-        a = np.array(a, dtype=np.float32, order="C", copy=True)
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf: reported below
+            a = np.array(a, dtype=np.float32, order="C", copy=True)
         if not np.all(np.isfinite(a)):
             raise ParameterError(
                 f"parameter {name!r} contains NaN or infinity (or values beyond float32)"
