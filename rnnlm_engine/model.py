@@ -17,7 +17,6 @@ from .backend import get_backend
 from .config import CELLS, GATES, ModelConfig
 from .errors import ConfigError, InputError, ParameterError
 
-
 # Logits block size for forward-only passes: 1M floats (4 MB) stays in this CPU's cache
 # while the softmax kernel reads it back.
 _DECODE_BLOCK_FLOATS = 1 << 20
