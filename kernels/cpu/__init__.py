@@ -15,6 +15,7 @@ from ._jit import (
     sgd_update,
     sum_of_squares,
     xent_forward,
+    xent_forward_backward,
 )
 from .cells import (
     ACTS_PER_HIDDEN,
@@ -27,7 +28,6 @@ from .cells import (
     rnn_backward,
     rnn_forward,
 )
-from .softmax import xent_forward_backward
 
 NAME = "cpu"
 
@@ -46,6 +46,13 @@ def to_host(array):
     return array
 
 
+def forward_layout(w_hh):
+    """w_hh (G, H) in the memory order the cell forward runs fastest with: Fortran order,
+    so the per-step product h @ w_hh.T reads a C-contiguous (H, G) matrix (measured for
+    B=20, H=200, G=800: 52-68 us against 84-99 us through the transposed C array)."""
+    return np.asfortranarray(w_hh)
+
+
 __all__ = [
     "ACTS_PER_HIDDEN",
     "CELL_BACKWARD",
@@ -55,6 +62,7 @@ __all__ = [
     "embedding_backward",
     "embedding_forward",
     "empty",
+    "forward_layout",
     "gru_backward",
     "gru_forward",
     "log_softmax",
