@@ -8,6 +8,7 @@ call it at once (each call allocates its own work arrays; kernels release the GI
 
 from __future__ import annotations
 
+import threading
 from types import ModuleType
 from typing import NamedTuple
 
@@ -31,6 +32,20 @@ class State(NamedTuple):
     c: np.ndarray | None = None
 
 
+class _Workspace(threading.local):
+    """Work arrays kept between calls, one set per calling thread.
+
+    Fresh arrays of megabytes come from the operating system as untouched pages, and the
+    first write to each page faults: 3,500 faults per training step of an LSTM 2x200 at
+    V=65, which made the element-wise step kernels 4x slower than on reused memory. Each
+    thread keeps the arrays of its latest call shape (about T*B*(V + 12H) floats for an
+    LSTM); ``Model.release_workspace()`` frees the calling thread's.
+    """
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+
 class _Saved:
     """What the forward pass keeps for the backward: per-layer inputs and cell outputs."""
 
@@ -49,6 +64,7 @@ class Model:
         self._config = config
         self._k: ModuleType = get_backend(backend)
         self._params = _validated_params(config, params)
+        self._ws = _Workspace()
         # a second copy of each recurrent matrix, in the layout the cell forward prefers
         self._w_hh_forward = []
         for layer in range(config.num_layers):
@@ -113,6 +129,10 @@ class Model:
             f"vocab {c.vocab_size}{', tied' if c.tied else ''}, backend {self.backend!r})"
         )
 
+    def release_workspace(self) -> None:
+        """Free the work arrays this model keeps for the calling thread."""
+        self._ws.arrays.clear()
+
     def zero_state(self, batch: int) -> State:
         if isinstance(batch, bool) or not isinstance(batch, int | np.integer) or batch < 1:
             raise InputError(f"batch must be a positive integer; got {batch!r}")
@@ -150,12 +170,12 @@ class Model:
         state = self._check_state(state, inputs.shape[1])
         T, B = inputs.shape
         top, new_state = self._forward_layers(inputs, state, None)
-        nll = self._k.empty(T * B, np.float32)
+        nll = self._work("nll", (T * B,))
         flat_targets = targets.reshape(-1)
         bias = self._params["decoder.bias"]
         for r0, r1, logits in self._decode_blocks(top):
             self._k.xent_forward(logits, bias, flat_targets[r0:r1], nll[r0:r1])
-        return -self._k.to_host(nll).reshape(T, B), new_state
+        return -self._k.to_host(nll).reshape(T, B), new_state  # negation: a fresh array
 
     def loss_and_grad(self, inputs, targets, state=None) -> tuple[float, dict, State]:
         """Mean next-token cross-entropy in nats over all T * B positions and its gradients.
@@ -174,7 +194,7 @@ class Model:
         top, new_state = self._forward_layers(inputs, state, saved)
         logits = self._decode(top)
 
-        nll = k.empty(N, np.float32)
+        nll = self._work("nll", (N,))
         grads: dict[str, np.ndarray] = {"decoder.bias": k.empty(c.vocab_size, np.float32)}
         k.xent_forward_backward(
             logits, p["decoder.bias"], targets.reshape(-1), 1.0 / N, nll, grads["decoder.bias"]
@@ -185,7 +205,7 @@ class Model:
         w_dec = p["encoder.weight"] if c.tied else p["decoder.weight"]
         d_dec = k.empty((c.vocab_size, c.hidden_size), np.float32)
         k.matmul(dlogits.T, top, out=d_dec)
-        dx = k.matmul(dlogits, w_dec)
+        dx = k.matmul(dlogits, w_dec, out=self._work("dtop", (N, c.hidden_size)))
 
         for layer in reversed(range(c.num_layers)):
             dx = self._layer_backward(layer, dx, state, saved, grads)
@@ -204,19 +224,19 @@ class Model:
         k, p, c = self._k, self._params, self._config
         T, B = ids.shape
         H, G = c.hidden_size, c.gate_rows
-        x = k.empty((T * B, c.emb_size), np.float32)
+        x = self._work("emb", (T * B, c.emb_size))
         k.embedding_forward(p["encoder.weight"], ids.reshape(-1), x)
         h_final = np.empty((c.num_layers, B, H), np.float32)
         c_final = np.empty_like(h_final) if c.cell == "lstm" else None
         forward = k.CELL_FORWARD[c.cell]
         acts_width = k.ACTS_PER_HIDDEN[c.cell] * H
         for layer in range(c.num_layers):
-            xproj = k.empty((T * B, G), np.float32)
+            xproj = self._work(f"xproj{layer}", (T * B, G))
             k.matmul(x, p[f"rnn.weight_ih_l{layer}"].T, out=xproj)
             xproj += p[f"rnn.bias_ih_l{layer}"]
-            hs = k.empty((T, B, H), np.float32)
-            cs = k.empty((T, B, H), np.float32) if c_final is not None else None
-            acts = k.empty((T, B, acts_width), np.float32) if acts_width else None
+            hs = self._work(f"hs{layer}", (T, B, H))
+            cs = self._work(f"cs{layer}", (T, B, H)) if c_final is not None else None
+            acts = self._work(f"acts{layer}", (T, B, acts_width)) if acts_width else None
             c0 = state.c[layer] if state.c is not None else None
             forward(
                 xproj.reshape(T, B, G),
@@ -240,6 +260,14 @@ class Model:
             x = hs.reshape(T * B, H)
         return x, State(h_final, c_final)
 
+    def _work(self, name: str, shape: tuple) -> np.ndarray:
+        """The calling thread's float32 work array `name`, (re)allocated to `shape`."""
+        arrays = self._ws.arrays
+        a = arrays.get(name)
+        if a is None or a.shape != shape:
+            a = arrays[name] = self._k.empty(shape, np.float32)
+        return a
+
     def _decode_blocks(self, top):
         """Yield (r0, r1, logits of rows r0:r1) block by block, for passes that need no
         gradient, so that memory stays bounded however long the window."""
@@ -247,7 +275,7 @@ class Model:
         w_dec = self._params["encoder.weight" if c.tied else "decoder.weight"]
         N = top.shape[0]
         rows = max(1, min(N, _DECODE_BLOCK_FLOATS // c.vocab_size))
-        buf = k.empty((rows, c.vocab_size), np.float32)
+        buf = self._work("logits", (rows, c.vocab_size))
         for r0 in range(0, N, rows):
             r1 = min(N, r0 + rows)
             logits = buf[: r1 - r0]
@@ -259,7 +287,7 @@ class Model:
         add it)."""
         k, p, c = self._k, self._params, self._config
         w_dec = p["encoder.weight"] if c.tied else p["decoder.weight"]
-        logits = k.empty((top.shape[0], c.vocab_size), np.float32)
+        logits = self._work("logits", (top.shape[0], c.vocab_size))
         k.matmul(top, w_dec.T, out=logits)
         return logits
 
@@ -296,7 +324,9 @@ class Model:
         grads[f"rnn.bias_hh_l{layer}"] = db_hh
         grads[f"rnn.weight_ih_l{layer}"] = k.matmul(flat.T, x_in)
         grads[f"rnn.bias_ih_l{layer}"] = np.sum(flat, axis=0)
-        return k.matmul(flat, p[f"rnn.weight_ih_l{layer}"])
+        return k.matmul(
+            flat, p[f"rnn.weight_ih_l{layer}"], out=self._work(f"dx{layer}", x_in.shape)
+        )
 
     # ------------------------------------------------------------------ validation
 
