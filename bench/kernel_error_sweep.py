@@ -45,7 +45,7 @@ def main() -> None:
             None if dcT is None else dcT.astype(np.float64),
             i64["w_hh"],
         )
-        floor = 1e-3 * float(np.max(np.abs(dhs)))
+        floor = t.GRAD_FLOOR * float(np.max(np.abs(dhs)))
         grad_err = max(
             t.rel_err(g, w, floor) for g, w in zip(grads, want, strict=True) if w is not None
         )

@@ -157,7 +157,9 @@ class Model:
         logprobs = self._k.empty((T * B, self._config.vocab_size), np.float32)
         bias = self._params["decoder.bias"]
         for r0, r1, logits in self._decode_blocks(top):
-            self._k.log_softmax(logits, bias, logprobs[r0:r1])
+            shift = self._work("shift", (r1 - r0,))
+            self._k.row_shift(logits, bias, shift)
+            self._k.log_softmax(logits, bias, shift, logprobs[r0:r1])
         return logprobs.reshape(T, B, -1), new_state
 
     def token_logprobs(self, inputs, targets, state=None) -> tuple[np.ndarray, State]:
@@ -174,7 +176,9 @@ class Model:
         flat_targets = targets.reshape(-1)
         bias = self._params["decoder.bias"]
         for r0, r1, logits in self._decode_blocks(top):
-            self._k.xent_forward(logits, bias, flat_targets[r0:r1], nll[r0:r1])
+            shift = self._work("shift", (r1 - r0,))
+            self._k.row_shift(logits, bias, shift)
+            self._k.xent_forward(logits, bias, flat_targets[r0:r1], shift, nll[r0:r1])
         return -self._k.to_host(nll).reshape(T, B), new_state  # negation: a fresh array
 
     def loss_and_grad(self, inputs, targets, state=None) -> tuple[float, dict, State]:
@@ -196,8 +200,16 @@ class Model:
 
         nll = self._work("nll", (N,))
         grads: dict[str, np.ndarray] = {"decoder.bias": k.empty(c.vocab_size, np.float32)}
+        shift = self._work("shift", (N,))
+        k.row_shift(logits, p["decoder.bias"], shift)
         k.xent_forward_backward(
-            logits, p["decoder.bias"], targets.reshape(-1), 1.0 / N, nll, grads["decoder.bias"]
+            logits,
+            p["decoder.bias"],
+            targets.reshape(-1),
+            shift,
+            1.0 / N,
+            nll,
+            grads["decoder.bias"],
         )
         loss = float(np.sum(k.to_host(nll), dtype=np.float64) / N)
         dlogits = logits  # overwritten in place by the kernel

@@ -11,6 +11,7 @@ from ._jit import (
     embedding_backward,
     embedding_forward,
     log_softmax,
+    row_max,
     scale_inplace,
     sgd_update,
     sum_of_squares,
@@ -46,6 +47,27 @@ def to_host(array):
     return array
 
 
+# The largest spread of the bias for which rowmax(logits) + max(bias) may serve as the
+# softmax shift: it then exceeds the true max(row + bias) by at most the spread.
+SHIFT_SLACK = 40.0
+
+
+def row_shift(logits, bias, out):
+    """out (N,): a softmax shift for each row of logits + bias (see _jit.py, softmax).
+
+    numpy's SIMD row max of the logits alone (0.85 ms for 700 x 10000) plus max(bias) is
+    an upper bound within max(bias) - min(bias) of the true max; Numba's exact max of
+    logits + bias takes 2.0 ms (LLVM does not vectorize float max reductions from Numba),
+    so the exact one runs only when the bias spread is too wide for the bound.
+    """
+    b_max = float(bias.max())
+    if b_max - float(bias.min()) <= SHIFT_SLACK:
+        np.max(logits, axis=1, out=out)
+        out += np.float32(b_max)
+    else:
+        row_max(logits, bias, out)
+
+
 def forward_layout(w_hh):
     """w_hh (G, H) in the memory order the cell forward runs fastest with: Fortran order,
     so the per-step product h @ w_hh.T reads a C-contiguous (H, G) matrix (measured for
@@ -71,6 +93,8 @@ __all__ = [
     "matmul",
     "rnn_backward",
     "rnn_forward",
+    "row_max",
+    "row_shift",
     "scale_inplace",
     "sgd_update",
     "sum_of_squares",

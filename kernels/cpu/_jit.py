@@ -213,6 +213,11 @@ def lstm_step_backward(dh_out, dh_rec, dc, c_prev, c, acts, dgates):
 
 # ---------------------------------------------------------------------------- softmax
 # Serial loops over rows: see "Threads" in this module's docstring.
+# shift (N,) is the value each row's exponents are taken relative to: any value with
+# max(row + bias) <= shift[n] <= max(row + bias) + 40, so that exp() never overflows and
+# the sum, at least exp(-40), keeps full float32 precision (the terms that _exp clamps at
+# exp(-87) add at most V e^-87, under 1e-17 of it). The result does not depend on the
+# choice; see row_shift in __init__.py for how the CPU backend picks it cheaply.
 # The decoder bias is added here, on the fly, instead of in a separate pass over the
 # (N, V) logits (a 28 MB array for N=700, V=10000: one pass costs milliseconds).
 
@@ -253,14 +258,21 @@ def _row_max(row, bias):
 
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
-def log_softmax(logits, bias, out):
+def row_max(logits, bias, out):
+    """out (N,) = max over each row of logits (N, V) + bias (V,)."""
+    for n in range(logits.shape[0]):
+        out[n] = _row_max(logits[n], bias)
+
+
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
+def log_softmax(logits, bias, shift, out):
     """logits (N, V), bias (V,) -> out (N, V) = log softmax(logits + bias) per row.
 
     out must not overlap logits.
     """
     N, V = logits.shape
     for n in range(N):
-        m = _row_max(logits[n], bias)
+        m = shift[n]
         s = np.float32(0.0)
         for j in range(V):
             s += _exp(logits[n, j] + bias[j] - m)  # subtract the row max: exp() would overflow
@@ -270,11 +282,11 @@ def log_softmax(logits, bias, out):
 
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
-def xent_forward(logits, bias, targets, nll):
+def xent_forward(logits, bias, targets, shift, nll):
     """nll (N,) = -log softmax(logits + bias)[n, targets[n]]; targets (N,) int64."""
     N, V = logits.shape
     for n in range(N):
-        m = _row_max(logits[n], bias)
+        m = shift[n]
         s = np.float32(0.0)
         for j in range(V):
             s += _exp(logits[n, j] + bias[j] - m)
@@ -283,7 +295,7 @@ def xent_forward(logits, bias, targets, nll):
 
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
-def xent_forward_backward(logits, bias, targets, scale, nll, dbias):
+def xent_forward_backward(logits, bias, targets, shift, scale, nll, dbias):
     """nll (N,) as xent_forward; then, in place, logits (N, V) becomes the gradient of
     scale * sum(nll) with respect to the logits, scale * (softmax - onehot(target)), and
     dbias (V,) its column sums (the gradient of the bias).
@@ -295,7 +307,7 @@ def xent_forward_backward(logits, bias, targets, scale, nll, dbias):
     N, V = logits.shape
     dbias[:] = 0.0
     for n in range(N):
-        m = _row_max(logits[n], bias)
+        m = shift[n]
         t = targets[n]
         target_logit = logits[n, t] + bias[t]
         s = np.float32(0.0)
