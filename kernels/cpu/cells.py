@@ -22,12 +22,25 @@ for rnn, whose saved activation is hs itself):
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 
 import numba
 import numpy as np
 
 from . import _jit
+
+# Numba's fallback threading layer, "workqueue" (used where neither OpenMP nor TBB can be
+# loaded), aborts the process when two threads launch parallel kernels at once; on it,
+# step loops take turns. OpenMP and TBB need no lock.
+_WORKQUEUE_LOCK = threading.Lock()
+
+
+def _needs_lock() -> bool:
+    try:
+        return numba.threading_layer() == "workqueue"
+    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
+        return True
 
 
 @contextmanager
@@ -43,7 +56,8 @@ def _one_thread():
     n = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        yield
+        with _WORKQUEUE_LOCK if _needs_lock() else nullcontext():
+            yield
     finally:
         numba.set_num_threads(n)
 
