@@ -97,9 +97,9 @@ class Model:
         config = _infer_config(state_dict, cell, tied)
         params = dict(state_dict)
         if tied and "decoder.weight" in params:
-            enc = np.asarray(params["encoder.weight"])
-            dec = np.asarray(params.pop("decoder.weight"))
-            if dec.shape != enc.shape or not np.array_equal(dec, enc):
+            enc = _as_array("encoder.weight", params["encoder.weight"])
+            dec = _as_array("decoder.weight", params.pop("decoder.weight"))
+            if dec.shape != enc.shape or not np.array_equal(dec, enc, equal_nan=True):
                 raise ParameterError(
                     "tied=True but decoder.weight differs from encoder.weight; "
                     "pass tied=False for a model with separate decoder weights"
@@ -159,6 +159,7 @@ class Model:
         for r0, r1, logits in self._decode_blocks(top):
             shift = self._work("shift", (r1 - r0,))
             self._k.row_shift(logits, bias, shift)
+            self._check_finite("logits", shift)
             self._k.log_softmax(logits, bias, shift, logprobs[r0:r1])
         return logprobs.reshape(T, B, -1), new_state
 
@@ -178,7 +179,9 @@ class Model:
         for r0, r1, logits in self._decode_blocks(top):
             shift = self._work("shift", (r1 - r0,))
             self._k.row_shift(logits, bias, shift)
+            self._check_finite("logits", shift)
             self._k.xent_forward(logits, bias, flat_targets[r0:r1], shift, nll[r0:r1])
+        self._check_finite("log-probabilities", nll)
         return -self._k.to_host(nll).reshape(T, B), new_state  # negation: a fresh array
 
     def loss_and_grad(self, inputs, targets, state=None) -> tuple[float, dict, State]:
@@ -202,6 +205,7 @@ class Model:
         grads: dict[str, np.ndarray] = {"decoder.bias": k.empty(c.vocab_size, np.float32)}
         shift = self._work("shift", (N,))
         k.row_shift(logits, p["decoder.bias"], shift)
+        self._check_finite("logits", shift)
         k.xent_forward_backward(
             logits,
             p["decoder.bias"],
@@ -212,6 +216,7 @@ class Model:
             grads["decoder.bias"],
         )
         loss = float(np.sum(k.to_host(nll), dtype=np.float64) / N)
+        self._check_finite("loss", np.array([loss]))
         dlogits = logits  # overwritten in place by the kernel
 
         w_dec = p["encoder.weight"] if c.tied else p["decoder.weight"]
@@ -271,6 +276,16 @@ class Model:
                 c_final[layer] = cs[T - 1]
             x = hs.reshape(T * B, H)
         return x, State(h_final, c_final)
+
+    def _check_finite(self, what: str, values) -> None:
+        """Each parameter is finite, yet their products can overflow float32: say so
+        instead of returning NaN (checked on a few values per row, not on every logit)."""
+        if not np.all(np.isfinite(self._k.to_host(values))):
+            largest = max(float(np.max(np.abs(a))) for a in self._params.values())
+            raise ParameterError(
+                f"the {what} are not finite: this model's weights overflow float32 arithmetic "
+                f"(largest |weight| {largest:.3g}); weights of a trained model are far smaller"
+            )
 
     def _work(self, name: str, shape: tuple) -> np.ndarray:
         """The calling thread's float32 work array `name`, (re)allocated to `shape`."""
@@ -423,7 +438,7 @@ def _infer_config(sd: dict, cell: str, tied: bool) -> ModelConfig:
     def shape_of(name):
         if name not in sd:
             raise ParameterError(f"state_dict has no {name!r}")
-        return np.shape(sd[name])
+        return _as_array(name, sd[name]).shape
 
     enc = shape_of("encoder.weight")
     if len(enc) != 2:
@@ -453,6 +468,18 @@ def _infer_config(sd: dict, cell: str, tied: bool) -> ModelConfig:
     )
 
 
+def _as_array(name: str, value) -> np.ndarray:
+    """np.asarray(value), with any failure (a ragged list, a torch tensor that requires
+    grad, ...) reported as a ParameterError naming the parameter."""
+    try:
+        return np.asarray(value)
+    except Exception as e:
+        raise ParameterError(
+            f"parameter {name!r} is not an array ({type(e).__name__}: {e}); pass numpy "
+            "arrays (for torch: {k: v.detach().cpu().numpy() for k, v in sd.items()})"
+        ) from None
+
+
 def _validated_params(config: ModelConfig, params: dict) -> dict[str, np.ndarray]:
     """Float32, C-contiguous, read-only copies, checked against config. Raises ParameterError."""
     expected = config.parameter_shapes()
@@ -467,10 +494,7 @@ def _validated_params(config: ModelConfig, params: dict) -> dict[str, np.ndarray
     for name, shape in expected.items():
         if name not in params:
             raise ParameterError(f"missing parameter {name!r} (expected shape {shape})")
-        try:
-            a = np.asarray(params[name])
-        except Exception as e:
-            raise ParameterError(f"parameter {name!r} is not an array: {e}") from None
+        a = _as_array(name, params[name])
         if not np.issubdtype(a.dtype, np.floating):
             raise ParameterError(f"parameter {name!r} must be floating point; got dtype {a.dtype}")
         if a.shape != shape:
