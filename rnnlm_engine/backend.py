@@ -1,9 +1,19 @@
 """The one seam between the model code and the kernels.
 
-A backend is a module exposing the kernel functions of ``kernels/cpu`` under the same
-names and contracts, plus ``empty``, ``zeros``, ``matmul``, ``to_device`` and ``to_host``.
-The model code calls kernels only through the object ``get_backend`` returns, so a CUDA
-backend slots in beside the CPU one without touching the model.
+A backend is a module (``rnnlm_engine.kernels.<name>``) that the model reaches only
+through ``get_backend``. It provides, with the contracts documented in ``kernels/cpu``:
+
+- arrays: ``NAME``, ``empty``, ``zeros``, ``to_device``, ``to_host``, ``matmul(a, b, out=)``,
+  ``column_sums``, ``forward_layout`` (the recurrent matrix as the cell forward wants it);
+- embedding: ``embedding_forward``, ``embedding_backward``;
+- cells: ``CELL_FORWARD`` / ``CELL_BACKWARD`` (name -> function, also exported as
+  ``lstm_forward`` etc.) and ``ACTS_PER_HIDDEN``;
+- softmax: ``row_shift``, ``row_max``, ``log_softmax``, ``xent_forward``,
+  ``xent_forward_backward``;
+- optimizer: ``sum_of_squares``, ``scale_inplace``, ``sgd_update``, ``adam_update``.
+
+So a CUDA backend with the same names slots in beside the CPU one without touching the
+model. Every array argument of a kernel is distinct from every other (no aliasing).
 """
 
 from __future__ import annotations

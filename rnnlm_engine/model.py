@@ -63,7 +63,9 @@ class Model:
     def __init__(self, config: ModelConfig, params: dict[str, np.ndarray], backend: str = "cpu"):
         self._config = config
         self._k: ModuleType = get_backend(backend)
-        self._params = _validated_params(config, params)
+        self._params = {
+            name: self._k.to_device(a) for name, a in _validated_params(config, params).items()
+        }
         self._ws = _Workspace()
         # a second copy of each recurrent matrix, in the layout the cell forward prefers
         self._w_hh_forward = []
@@ -139,8 +141,8 @@ class Model:
         c = self._config
         shape = (c.num_layers, int(batch), c.hidden_size)
         return State(
-            np.zeros(shape, np.float32),
-            np.zeros(shape, np.float32) if c.cell == "lstm" else None,
+            self._k.zeros(shape, np.float32),
+            self._k.zeros(shape, np.float32) if c.cell == "lstm" else None,
         )
 
     # ------------------------------------------------------------------ public passes
@@ -243,8 +245,8 @@ class Model:
         H, G = c.hidden_size, c.gate_rows
         x = self._work("emb", (T * B, c.emb_size))
         k.embedding_forward(p["encoder.weight"], ids.reshape(-1), x)
-        h_final = np.empty((c.num_layers, B, H), np.float32)
-        c_final = np.empty_like(h_final) if c.cell == "lstm" else None
+        h_final = k.empty((c.num_layers, B, H), np.float32)
+        c_final = k.empty((c.num_layers, B, H), np.float32) if c.cell == "lstm" else None
         forward = k.CELL_FORWARD[c.cell]
         acts_width = k.ACTS_PER_HIDDEN[c.cell] * H
         for layer in range(c.num_layers):
@@ -350,7 +352,7 @@ class Model:
         grads[f"rnn.weight_hh_l{layer}"] = dw_hh
         grads[f"rnn.bias_hh_l{layer}"] = db_hh
         grads[f"rnn.weight_ih_l{layer}"] = k.matmul(flat.T, x_in)
-        grads[f"rnn.bias_ih_l{layer}"] = np.sum(flat, axis=0)
+        grads[f"rnn.bias_ih_l{layer}"] = k.column_sums(flat)
         return k.matmul(
             flat, p[f"rnn.weight_ih_l{layer}"], out=self._work(f"dx{layer}", x_in.shape)
         )
@@ -428,7 +430,8 @@ class Model:
                     f"state {name} contains NaN or infinity (or values beyond float32)"
                 )
             out.append(a)
-        return State(out[0], out[1])
+        # only once both are valid: nothing reaches the backend before validation ends
+        return State(*(None if a is None else self._k.to_device(a) for a in out))
 
 
 # ---------------------------------------------------------------------------- parameters

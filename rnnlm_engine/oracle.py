@@ -175,6 +175,17 @@ def xent_forward(logits, bias, targets):
     return -log_softmax(logits, bias)[np.arange(len(targets)), targets]
 
 
+def row_max(logits, bias):
+    """(N,) = max over each row of logits + bias."""
+    return (logits + bias).max(axis=1)
+
+
+def xent_forward_backward(logits, bias, targets, scale):
+    """(nll, dlogits, dbias): xent_forward, xent_backward, and dlogits' column sums."""
+    d = xent_backward(logits, bias, targets, scale)
+    return xent_forward(logits, bias, targets), d, d.sum(axis=0)
+
+
 def xent_backward(logits, bias, targets, scale):
     """Gradient of scale * sum(nll) with respect to logits: scale * (softmax - onehot).
     The bias's gradient is its column sum."""
@@ -200,13 +211,22 @@ def sgd_update(param, grad, lr):
     return param - lr * grad
 
 
-def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+def adam_update(param, grad, m, v, lr, beta1=0.9, beta2=0.999, eps=1e-8, step=1):
     """One step of Adam as torch.optim.Adam (step counts from 1). Returns (param, m, v)."""
     m = beta1 * m + (1.0 - beta1) * grad
     v = beta2 * v + (1.0 - beta2) * grad * grad
     m_hat = m / (1.0 - beta1**step)
     v_hat = v / (1.0 - beta2**step)
     return param - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
+
+
+def sum_of_squares(x):
+    return float(np.sum(np.asarray(x, np.float64) ** 2))
+
+
+def scale_inplace(x, factor):
+    """The kernel scales in place; the oracle returns the scaled copy."""
+    return np.asarray(x, np.float64) * factor
 
 
 # ---------------------------------------------------------------------------- whole model

@@ -202,7 +202,7 @@ def shifted(logits, bias, slack):
     """A shift per row: the exact max of logits + bias (from the row_max kernel) + slack."""
     exact = poisoned(logits.shape[0])
     kc.row_max(logits, bias, exact)
-    want = (logits.astype(np.float64) + bias).max(axis=1)
+    want = oracle.row_max(logits.astype(np.float64), bias)
     np.testing.assert_array_equal(exact, (logits + bias).max(axis=1))  # float32 sums: exact
     assert np.allclose(exact, want, rtol=1e-6, atol=1e-6)
     return (exact + np.float32(slack)).astype(np.float32)
@@ -268,15 +268,14 @@ def test_xent_forward_backward(N, V, scale, n_outliers, seed, slack, scale_facto
     grad = logits.copy()  # overwritten in place with the gradient
     kc.xent_forward_backward(grad, bias, targets, shift, scale_factor, nll, dbias)
     l64, b64 = logits.astype(np.float64), bias.astype(np.float64)
-    want_nll = oracle.xent_forward(l64, b64, targets)
+    want_nll, want, want_dbias = oracle.xent_forward_backward(l64, b64, targets, scale_factor)
     assert np.max(np.abs(nll - want_nll)) < nll_tolerance(logits, bias)
     # softmax - onehot: each element is a probability, off by a few ulps of 1 at most (a
     # target of probability 1 - 1e-13 is exactly 1 in float32), so errors are judged
     # against the gradient's natural size, scale_factor, when the gradient is smaller
-    want = oracle.xent_backward(l64, b64, targets, scale_factor)
     assert rel_err(grad, want, floor=scale_factor) < SOFTMAX_TOL
     # the bias gradient sums N such elements per column
-    assert rel_err(dbias, want.sum(axis=0), floor=scale_factor) < SOFTMAX_TOL * max(1, N) ** 0.5
+    assert rel_err(dbias, want_dbias, floor=scale_factor) < SOFTMAX_TOL * max(1, N) ** 0.5
 
 
 # ---------------------------------------------------------------------------- optimizer
@@ -287,11 +286,11 @@ def test_sum_of_squares_and_scale(n, seed):
     rng = np.random.default_rng(seed)
     x = f32(rng, n, 3.0)
     got = kc.sum_of_squares(x)
-    want = oracle.global_norm([x]) ** 2
+    want = oracle.sum_of_squares(x)
     assert abs(got - want) <= 1e-12 * max(want, 1.0)  # float64 accumulation of exact squares
     y = x.copy()
     kc.scale_inplace(y, 0.37)
-    np.testing.assert_allclose(y, x.astype(np.float64) * 0.37, rtol=1e-6)  # one rounding
+    np.testing.assert_allclose(y, oracle.scale_inplace(x, 0.37), rtol=1e-6)  # one rounding
 
 
 @given(
@@ -323,7 +322,9 @@ def test_adam_update(n, steps, lr, seed):
     for step in range(1, steps + 1):
         g = f32(rng, n, 10.0 ** rng.integers(-4, 2))  # gradients of very different sizes
         kc.adam_update(p, g, m, v, lr, 0.9, 0.999, 1e-8, step)
-        p64, m64, v64 = oracle.adam_update(p64, g.astype(np.float64), m64, v64, step, lr)
+        p64, m64, v64 = oracle.adam_update(
+            p64, g.astype(np.float64), m64, v64, lr, 0.9, 0.999, 1e-8, step
+        )
     # each step moves p by about lr (Adam's step is bounded by lr); float32 rounding of the
     # ratio m / sqrt(v) costs a few ulps of that step, plus the rounding of p itself
     assert np.max(np.abs(p - p64)) <= steps * lr * 1e-5 + 1e-6 * np.max(np.abs(p64))

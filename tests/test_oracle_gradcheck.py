@@ -344,7 +344,7 @@ def test_optimizer_formulas_match_torch():
         opt.step()
         for k, g in enumerate(grads):
             ours[k], ms[k], vs[k] = oracle.adam_update(
-                ours[k], g, ms[k], vs[k], step, lr, beta1, beta2, eps
+                ours[k], g, ms[k], vs[k], lr, beta1, beta2, eps, step
             )
     for tp, p in zip(tparams, ours, strict=True):
         np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-12, atol=1e-14)

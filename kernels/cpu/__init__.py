@@ -47,6 +47,11 @@ def to_host(array):
     return array
 
 
+def column_sums(a):
+    """(N, G) -> (G,): the sum over rows (a bias gradient)."""
+    return np.sum(a, axis=0)
+
+
 # The largest spread of the bias for which rowmax(logits) + max(bias) may serve as the
 # softmax shift: it then exceeds the true max(row + bias) by at most the spread.
 SHIFT_SLACK = 40.0
@@ -83,6 +88,7 @@ __all__ = [
     "adam_update",
     "embedding_backward",
     "embedding_forward",
+    "column_sums",
     "empty",
     "forward_layout",
     "gru_backward",
