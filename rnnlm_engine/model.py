@@ -3,7 +3,7 @@
 Embedding E[V, E] -> L recurrent layers (rnn / gru / lstm) -> decoder W[V, H] + bias ->
 log-softmax, with PyTorch word_language_model's parameter names and shapes. A Model is
 immutable after construction: its arrays are read-only, and any number of threads may
-call it at once (each call allocates its own work arrays; kernels release the GIL).
+call it at once (each thread has its own work arrays; kernels release the GIL).
 """
 
 from __future__ import annotations
