@@ -287,12 +287,7 @@ class TorchRunner:
 # ---------------------------------------------------------------------------- checks
 
 
-def rel_err(a, b) -> float:
-    """Normwise relative error max|a - b| / max|b| (b is the reference)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    scale = float(np.max(np.abs(b)))
-    diff = float(np.max(np.abs(a - b)))
-    return diff / scale if scale > 0 else diff
+rel_err = oracle.normwise_error
 
 
 def expect_close(what: str, a, b, tol: float) -> float:

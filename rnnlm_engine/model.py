@@ -159,9 +159,7 @@ class Model:
         logprobs = self._k.empty((T * B, self._config.vocab_size), np.float32)
         bias = self._params["decoder.bias"]
         for r0, r1, logits in self._decode_blocks(top):
-            shift = self._work("shift", (r1 - r0,))
-            self._k.row_shift(logits, bias, shift)
-            self._check_finite("logits", shift)
+            shift = self._softmax_shift(logits)
             self._k.log_softmax(logits, bias, shift, logprobs[r0:r1])
         return logprobs.reshape(T, B, -1), new_state
 
@@ -179,9 +177,7 @@ class Model:
         flat_targets = targets.reshape(-1)
         bias = self._params["decoder.bias"]
         for r0, r1, logits in self._decode_blocks(top):
-            shift = self._work("shift", (r1 - r0,))
-            self._k.row_shift(logits, bias, shift)
-            self._check_finite("logits", shift)
+            shift = self._softmax_shift(logits)
             self._k.xent_forward(logits, bias, flat_targets[r0:r1], shift, nll[r0:r1])
         self._check_finite("log-probabilities", nll)
         return -self._k.to_host(nll).reshape(T, B), new_state  # negation: a fresh array
@@ -205,9 +201,7 @@ class Model:
 
         nll = self._work("nll", (N,))
         grads: dict[str, np.ndarray] = {"decoder.bias": k.empty(c.vocab_size, np.float32)}
-        shift = self._work("shift", (N,))
-        k.row_shift(logits, p["decoder.bias"], shift)
-        self._check_finite("logits", shift)
+        shift = self._softmax_shift(logits)
         k.xent_forward_backward(
             logits,
             p["decoder.bias"],
@@ -278,6 +272,14 @@ class Model:
                 c_final[layer] = cs[T - 1]
             x = hs.reshape(T * B, H)
         return x, State(h_final, c_final)
+
+    def _softmax_shift(self, logits):
+        """The softmax kernels' per-row shift for these logits; raises if one is not
+        finite (a NaN or inf logit makes its row's shift NaN or inf)."""
+        shift = self._work("shift", (logits.shape[0],))
+        self._k.row_shift(logits, self._params["decoder.bias"], shift)
+        self._check_finite("logits", shift)
+        return shift
 
     def _check_finite(self, what: str, values) -> None:
         """Each parameter is finite, yet their products can overflow float32: say so

@@ -16,6 +16,20 @@ import numpy as np
 from .config import ModelConfig
 
 
+def normwise_error(got, want, floor: float = 0.0) -> float:
+    """max|got - want| / max(max|want|, floor), in float64: the error measure of every test
+    and benchmark. Elementwise relative error is meaningless near 0 (log-probs of certain
+    tokens, gradients that cancel); floor keeps an all-but-zero tensor (the gradient through
+    saturated gates, say) from turning float32 noise into a 100% error. NaN in got gives NaN,
+    which fails every comparison with a tolerance."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        raise ValueError(f"shape {got.shape} != {want.shape}")
+    diff = float(np.max(np.abs(got - want)))
+    scale = max(float(np.max(np.abs(want))), floor)
+    return diff / scale if scale > 0 else diff
+
+
 def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 

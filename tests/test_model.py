@@ -69,13 +69,7 @@ CELL_TIED = [(cell, tied) for cell in CELLS for tied in (False, True)]
 # ---------------------------------------------------------------------------- helpers
 
 
-def normwise(ours, ref) -> float:
-    """max|ours - ref| / max|ref| in float64 (the absolute error when ref is all zeros)."""
-    ours = np.asarray(ours, np.float64)
-    ref = np.asarray(ref, np.float64)
-    assert ours.shape == ref.shape, f"shape {ours.shape} != {ref.shape}"
-    scale = np.abs(ref).max()
-    return float(np.abs(ours - ref).max() / scale) if scale > 0 else float(np.abs(ours).max())
+normwise = oracle.normwise_error
 
 
 def random_state_dict(config: ModelConfig, rng: np.random.Generator, scale=0.5, outlier=False):

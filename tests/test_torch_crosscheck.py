@@ -24,7 +24,7 @@ torch = pytest.importorskip(
 )
 import torch.nn.functional as F  # noqa: E402
 
-from rnnlm_engine import Model, State  # noqa: E402
+from rnnlm_engine import Model, State, oracle  # noqa: E402
 from rnnlm_engine.config import CELLS  # noqa: E402
 
 LOGPROB_TOL = 1e-4
@@ -58,13 +58,7 @@ class RNNModel(torch.nn.Module):
 # ---------------------------------------------------------------------------- helpers
 
 
-def normwise(ours, theirs) -> float:
-    """max|ours - theirs| / max|theirs| in float64."""
-    ours = np.asarray(ours, np.float64)
-    theirs = np.asarray(theirs, np.float64)
-    assert ours.shape == theirs.shape, f"shape {ours.shape} != {theirs.shape}"
-    scale = np.abs(theirs).max()
-    return float(np.abs(ours - theirs).max() / scale) if scale > 0 else float(np.abs(ours).max())
+normwise = oracle.normwise_error
 
 
 def build(cell, tied, layers, seed, V=23, E=5, H=7):

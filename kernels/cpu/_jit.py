@@ -222,46 +222,42 @@ def lstm_step_backward(dh_out, dh_rec, dc, c_prev, c, acts, dgates):
 # (N, V) logits (a 28 MB array for N=700, V=10000: one pass costs milliseconds).
 
 
-@njit(fastmath=True, nogil=True, cache=True, error_model="numpy", inline="always")
-def _row_max(row, bias):
-    """max(row + bias) over a row, with eight independent running maxima.
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
+def row_max(logits, bias, out):
+    """out (N,) = max over each row of logits (N, V) + bias (V,), computed with eight
+    independent running maxima.
 
     LLVM does not vectorize a float max reduction from Numba (no function-level no-NaN
     attribute), so a plain loop runs one element at a time: 4.3 ms per 7M elements; the
     eight interleaved chains let the SLP vectorizer use one vector max: 2.0 ms.
     """
-    V = row.shape[0]
-    lo = np.float32(-3.0e38)
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = lo
-    J = V - V % 8
-    for j in range(0, J, 8):
-        v0 = row[j] + bias[j]
-        v1 = row[j + 1] + bias[j + 1]
-        v2 = row[j + 2] + bias[j + 2]
-        v3 = row[j + 3] + bias[j + 3]
-        v4 = row[j + 4] + bias[j + 4]
-        v5 = row[j + 5] + bias[j + 5]
-        v6 = row[j + 6] + bias[j + 6]
-        v7 = row[j + 7] + bias[j + 7]
-        m0 = v0 if v0 > m0 else m0
-        m1 = v1 if v1 > m1 else m1
-        m2 = v2 if v2 > m2 else m2
-        m3 = v3 if v3 > m3 else m3
-        m4 = v4 if v4 > m4 else m4
-        m5 = v5 if v5 > m5 else m5
-        m6 = v6 if v6 > m6 else m6
-        m7 = v7 if v7 > m7 else m7
-    m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
-    for j in range(J, V):
-        m = max(m, row[j] + bias[j])
-    return m
-
-
-@njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
-def row_max(logits, bias, out):
-    """out (N,) = max over each row of logits (N, V) + bias (V,)."""
     for n in range(logits.shape[0]):
-        out[n] = _row_max(logits[n], bias)
+        row = logits[n]
+        V = row.shape[0]
+        lo = np.float32(-3.0e38)
+        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = lo
+        J = V - V % 8
+        for j in range(0, J, 8):
+            v0 = row[j] + bias[j]
+            v1 = row[j + 1] + bias[j + 1]
+            v2 = row[j + 2] + bias[j + 2]
+            v3 = row[j + 3] + bias[j + 3]
+            v4 = row[j + 4] + bias[j + 4]
+            v5 = row[j + 5] + bias[j + 5]
+            v6 = row[j + 6] + bias[j + 6]
+            v7 = row[j + 7] + bias[j + 7]
+            m0 = v0 if v0 > m0 else m0
+            m1 = v1 if v1 > m1 else m1
+            m2 = v2 if v2 > m2 else m2
+            m3 = v3 if v3 > m3 else m3
+            m4 = v4 if v4 > m4 else m4
+            m5 = v5 if v5 > m5 else m5
+            m6 = v6 if v6 > m6 else m6
+            m7 = v7 if v7 > m7 else m7
+        m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+        for j in range(J, V):
+            m = max(m, row[j] + bias[j])
+        out[n] = m
 
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
