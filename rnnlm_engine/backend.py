@@ -9,7 +9,8 @@ through ``get_backend``. It provides, with the contracts documented in ``kernels
 - cells: ``CELL_FORWARD`` / ``CELL_BACKWARD`` (name -> function, also exported as
   ``lstm_forward`` etc.) and ``ACTS_PER_HIDDEN``;
 - softmax: ``row_shift``, ``row_max``, ``log_softmax``, ``xent_forward``,
-  ``xent_forward_backward``;
+  ``xent_forward_backward``; ``decode_xent`` (the scoring pass's decoder product and
+  cross-entropy together, in blocks, with ``xent_block`` and ``xent_finish``);
 - optimizer: ``sum_of_squares``, ``scale_inplace``, ``sgd_update``, ``adam_update``.
 
 So a CUDA backend with the same names slots in beside the CPU one without touching the

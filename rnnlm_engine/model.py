@@ -4,6 +4,10 @@ Embedding E[V, E] -> L recurrent layers (rnn / gru / lstm) -> decoder W[V, H] + 
 log-softmax, with PyTorch word_language_model's parameter names and shapes. A Model is
 immutable after construction: its arrays are read-only, and any number of threads may
 call it at once (each thread has its own work arrays; kernels release the GIL).
+
+Memory: besides its parameters, a model keeps a second copy of each recurrent matrix (in
+the layout the cell forward reads fastest) and, from its first forward-only call, a
+(V, G) table of layer 0's input projection when that stays under 128 MB.
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ from .errors import ConfigError, InputError, ParameterError
 # cache-sized blocks were slower (26 ms against 20 ms for 700 rows, V=10000), because the
 # decoder product loses efficiency on few rows.
 _DECODE_BLOCK_FLOATS = 1 << 23
+
+# Forward-only passes read layer 0's input projection E[id] W_ih0^T + b_ih0 from a (V, G)
+# table built on first use, instead of the embedding lookup and a (T*B, E) x (E, G)
+# product per call (1.2 ms of a 28 ms scoring pass at V=10000, B=20, T=35; and the
+# whole W_ih0 read per token when streaming). Built only while it stays under this size
+# (32 MB for V=10000 and an LSTM of 200 units; 104 MB for 650 units).
+_INPUT_TABLE_MAX_BYTES = 128 << 20
 
 
 class State(NamedTuple):
@@ -63,10 +74,12 @@ class Model:
     def __init__(self, config: ModelConfig, params: dict[str, np.ndarray], backend: str = "cpu"):
         self._config = config
         self._k: ModuleType = get_backend(backend)
-        self._params = {
-            name: self._k.to_device(a) for name, a in _validated_params(config, params).items()
-        }
+        host_params = _validated_params(config, params)
+        self._recurrent_bounds = _check_sums_fit_float32(config, host_params)
+        self._params = {name: self._k.to_device(a) for name, a in host_params.items()}
         self._ws = _Workspace()
+        self._input_table: np.ndarray | None = None
+        self._input_table_lock = threading.Lock()
         # a second copy of each recurrent matrix, in the layout the cell forward prefers
         self._w_hh_forward = []
         for layer in range(config.num_layers):
@@ -174,12 +187,9 @@ class Model:
         T, B = inputs.shape
         top, new_state = self._forward_layers(inputs, state, None)
         nll = self._work("nll", (T * B,))
-        flat_targets = targets.reshape(-1)
-        bias = self._params["decoder.bias"]
-        for r0, r1, logits in self._decode_blocks(top):
-            shift = self._softmax_shift(logits)
-            self._k.xent_forward(logits, bias, flat_targets[r0:r1], shift, nll[r0:r1])
-        self._check_finite("log-probabilities", nll)
+        c, p = self._config, self._params
+        w_dec = p["encoder.weight" if c.tied else "decoder.weight"]
+        self._k.decode_xent(top, w_dec, p["decoder.bias"], targets.reshape(-1), nll, self._work)
         return -self._k.to_host(nll).reshape(T, B), new_state  # negation: a fresh array
 
     def loss_and_grad(self, inputs, targets, state=None) -> tuple[float, dict, State]:
@@ -212,7 +222,6 @@ class Model:
             grads["decoder.bias"],
         )
         loss = float(np.sum(k.to_host(nll), dtype=np.float64) / N)
-        self._check_finite("loss", np.array([loss]))
         dlogits = logits  # overwritten in place by the kernel
 
         w_dec = p["encoder.weight"] if c.tied else p["decoder.weight"]
@@ -237,16 +246,21 @@ class Model:
         k, p, c = self._k, self._params, self._config
         T, B = ids.shape
         H, G = c.hidden_size, c.gate_rows
-        x = self._work("emb", (T * B, c.emb_size))
-        k.embedding_forward(p["encoder.weight"], ids.reshape(-1), x)
+        table = self._layer0_table() if saved is None else None
+        if table is None:
+            x = self._work("emb", (T * B, c.emb_size))
+            k.embedding_forward(p["encoder.weight"], ids.reshape(-1), x)
         h_final = k.empty((c.num_layers, B, H), np.float32)
         c_final = k.empty((c.num_layers, B, H), np.float32) if c.cell == "lstm" else None
         forward = k.CELL_FORWARD[c.cell]
         acts_width = k.ACTS_PER_HIDDEN[c.cell] * H
         for layer in range(c.num_layers):
             xproj = self._work(f"xproj{layer}", (T * B, G))
-            k.matmul(x, p[f"rnn.weight_ih_l{layer}"].T, out=xproj)
-            xproj += p[f"rnn.bias_ih_l{layer}"]
+            if layer == 0 and table is not None:
+                k.embedding_forward(table, ids.reshape(-1), xproj)
+            else:
+                k.matmul(x, p[f"rnn.weight_ih_l{layer}"].T, out=xproj)
+                xproj += p[f"rnn.bias_ih_l{layer}"]
             hs = self._work(f"hs{layer}", (T, B, H))
             cs = self._work(f"cs{layer}", (T, B, H)) if c_final is not None else None
             acts = self._work(f"acts{layer}", (T, B, acts_width)) if acts_width else None
@@ -273,23 +287,29 @@ class Model:
             x = hs.reshape(T * B, H)
         return x, State(h_final, c_final)
 
+    def _layer0_table(self):
+        """The (V, G) table of layer 0's input projection for every token, or None when
+        it would exceed _INPUT_TABLE_MAX_BYTES. Built once, by the first thread to ask."""
+        c = self._config
+        if c.vocab_size * c.gate_rows * 4 > _INPUT_TABLE_MAX_BYTES:
+            return None
+        if self._input_table is None:
+            with self._input_table_lock:
+                if self._input_table is None:
+                    k, p = self._k, self._params
+                    table = k.empty((c.vocab_size, c.gate_rows), np.float32)
+                    k.matmul(p["encoder.weight"], p["rnn.weight_ih_l0"].T, out=table)
+                    table += p["rnn.bias_ih_l0"]
+                    table.flags.writeable = False
+                    self._input_table = table
+        return self._input_table
+
     def _softmax_shift(self, logits):
-        """The softmax kernels' per-row shift for these logits; raises if one is not
-        finite (a NaN or inf logit makes its row's shift NaN or inf)."""
+        """The softmax kernels' per-row shift for these logits (finite: the parameters'
+        bounds, checked at construction, keep every logit finite)."""
         shift = self._work("shift", (logits.shape[0],))
         self._k.row_shift(logits, self._params["decoder.bias"], shift)
-        self._check_finite("logits", shift)
         return shift
-
-    def _check_finite(self, what: str, values) -> None:
-        """Each parameter is finite, yet their products can overflow float32: say so
-        instead of returning NaN (checked on a few values per row, not on every logit)."""
-        if not np.all(np.isfinite(self._k.to_host(values))):
-            largest = max(float(np.max(np.abs(a))) for a in self._params.values())
-            raise ParameterError(
-                f"the {what} are not finite: this model's weights overflow float32 arithmetic "
-                f"(largest |weight| {largest:.3g}); weights of a trained model are far smaller"
-            )
 
     def _work(self, name: str, shape: tuple) -> np.ndarray:
         """The calling thread's float32 work array `name`, (re)allocated to `shape`."""
@@ -385,6 +405,17 @@ class Model:
             )
         return np.ascontiguousarray(arr, dtype=np.int64)
 
+    def _check_state_magnitude(self, h: np.ndarray) -> None:
+        """A cell's own h lies in [-1, 1]; a caller's larger h must still keep the first
+        step's sums within float32 (see _check_sums_fit_float32)."""
+        for layer, (input_part, w_hh_l1) in enumerate(self._recurrent_bounds):
+            largest = float(np.max(np.abs(h[layer]), initial=0.0))
+            if largest > 1.0 and not input_part + w_hh_l1 * largest < _FLOAT32_SUM_LIMIT:
+                raise InputError(
+                    f"state h of layer {layer} is so large (|h| up to {largest:.3g}) that this "
+                    "model's sums would overflow float32; a cell's own h lies in [-1, 1]"
+                )
+
     def _check_pair(self, inputs, targets):
         inputs = self._check_ids(inputs, "inputs")
         targets = self._check_ids(targets, "targets")
@@ -431,6 +462,8 @@ class Model:
                 raise InputError(
                     f"state {name} contains NaN or infinity (or values beyond float32)"
                 )
+            if name == "h":
+                self._check_state_magnitude(a)
             out.append(a)
         # only once both are valid: nothing reaches the backend before validation ends
         return State(*(None if a is None else self._k.to_device(a) for a in out))
@@ -513,3 +546,51 @@ def _validated_params(config: ModelConfig, params: dict) -> dict[str, np.ndarray
         a.flags.writeable = False
         out[name] = a
     return out
+
+
+# Sums are checked against this rather than float32's largest value (3.4e38), leaving room
+# for the rounding of a sum computed in float32 in a different order.
+_FLOAT32_SUM_LIMIT = 1e38
+
+
+def _check_sums_fit_float32(config: ModelConfig, params: dict[str, np.ndarray]) -> list:
+    """Raise ParameterError when some pre-activation or logit could overflow float32.
+
+    Every cell output lies in [-1, 1] (tanh, and convex mixes of tanh), so each row of a
+    product is bounded by the L1 norm of its weights times the largest input: bounding all
+    of them here means the kernels never see an inf, nor a NaN from inf - inf, which the
+    softmax's max could not be trusted to report. The bound is loose only for absurd
+    weights: a trained model's sums are below 1e3.
+
+    An initial state given by the caller may hold |h| > 1: returns, per layer, (bound of
+    the pre-activations without the recurrent term, largest row L1 norm of W_hh), with
+    which _check_state bounds the first step's sums for such a state.
+    """
+
+    def row_l1(name):
+        return np.abs(params[name].astype(np.float64)).sum(axis=1)
+
+    def check(names, bound):
+        largest = float(np.max(bound))
+        if not largest < _FLOAT32_SUM_LIMIT:
+            raise ParameterError(
+                f"parameters {', '.join(map(repr, names))} are so large that the model's sums "
+                f"of their products would overflow float32 (a bound of {largest:.3g} on them); "
+                "weights of a trained model are far smaller"
+            )
+
+    recurrent_bounds = []
+    x_bound = float(np.max(np.abs(params["encoder.weight"]), initial=0.0))
+    for layer in range(config.num_layers):
+        w_ih, w_hh = f"rnn.weight_ih_l{layer}", f"rnn.weight_hh_l{layer}"
+        b_ih, b_hh = f"rnn.bias_ih_l{layer}", f"rnn.bias_hh_l{layer}"
+        biases = np.abs(params[b_ih].astype(np.float64)) + np.abs(params[b_hh])
+        x_name = "encoder.weight" if layer == 0 else f"the layer {layer - 1} outputs"
+        input_part = row_l1(w_ih) * x_bound + biases
+        check([x_name, w_ih, b_ih, b_hh], input_part)
+        check([w_ih, w_hh, b_ih, b_hh], input_part + row_l1(w_hh))
+        recurrent_bounds.append((float(np.max(input_part)), float(np.max(row_l1(w_hh)))))
+        x_bound = 1.0
+    dec = "encoder.weight" if config.tied else "decoder.weight"
+    check([dec, "decoder.bias"], row_l1(dec) + np.abs(params["decoder.bias"].astype(np.float64)))
+    return recurrent_bounds

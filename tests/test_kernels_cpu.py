@@ -274,6 +274,69 @@ def test_xent_forward_backward(N, V, scale, n_outliers, seed, slack, scale_facto
     assert rel_err(dbias, want_dbias, floor=scale_factor) < SOFTMAX_TOL * max(1, N) ** 0.5
 
 
+def scratch():
+    """A work(name, shape) function as the model's workspace gives: NaN-filled arrays."""
+    arrays = {}
+
+    def work(name, shape):
+        if name not in arrays or arrays[name].shape != shape:
+            arrays[name] = poisoned(shape)
+        return arrays[name]
+
+    return work
+
+
+@given(
+    N=st.integers(1, 90),
+    V=st.integers(2, 300),
+    H=st.integers(1, 64),
+    scale=st.sampled_from([0.1, 1.0, 10.0]),
+    jump=st.sampled_from([0.0, 30.0, 61.0, 150.0]),
+    max_rows=st.sampled_from([1, 7, 32, 2048]),
+    block_floats=st.sampled_from([1, 50, 777, 1 << 20]),
+    min_rows=st.sampled_from([1, 64]),
+    seed=st.integers(0, 2**32 - 1),
+)
+@example(N=70, V=20, H=3, scale=0.1, jump=150.0, max_rows=32, block_floats=160, min_rows=64, seed=1)
+def test_decode_xent(N, V, H, scale, jump, max_rows, block_floats, min_rows, seed):
+    """The blocked scoring decoder against the oracle: blocks of positions and of
+    vocabulary rows down to one, the row-major path for few positions, and a vocabulary
+    row far above the rest (`jump` nats, at a random place: in a later block it forces
+    the rescaling or, past RESCALE_LIMIT, the recomputation of a block)."""
+    rng = np.random.default_rng(seed)
+    top = rng.uniform(-1, 1, (N, H)).astype(np.float32)  # cell outputs lie in [-1, 1]
+    w_dec = f32(rng, (V, H), scale)
+    bias = f32(rng, V, scale)
+    bias[rng.integers(0, V)] += np.float32(jump)
+    targets = rng.integers(0, V, N)
+    nll = poisoned(N)
+    kc.decode_xent(
+        top, w_dec, bias, targets, nll, scratch(),
+        max_rows=max_rows, block_floats=block_floats, min_rows=min_rows,
+    )  # fmt: skip
+    logits = top.astype(np.float64) @ w_dec.astype(np.float64).T
+    want = oracle.xent_forward(logits, bias.astype(np.float64), targets)
+    assert np.all(np.isfinite(nll))
+    # the product in float32 adds ~sqrt(H) u |logit| to each logit; see nll_tolerance
+    assert np.max(np.abs(nll - want)) < nll_tolerance(logits, bias)
+
+
+def test_decode_xent_recomputes_a_block_far_above_the_running_max():
+    """First vocabulary block at 0, a later one 100 nats higher for every position (past
+    RESCALE_LIMIT): the sums must be redone relative to the new max, not overflow."""
+    N, V, H = 80, 12, 2
+    top = np.ones((N, H), np.float32)
+    w_dec = np.zeros((V, H), np.float32)
+    w_dec[9] = 50.0  # logit 100 for every position
+    bias = np.zeros(V, np.float32)
+    targets = np.arange(N) % V
+    nll = poisoned(N)
+    assert 100.0 > kc._jit.RESCALE_LIMIT
+    kc.decode_xent(top, w_dec, bias, targets, nll, scratch(), block_floats=4 * N, min_rows=1)
+    want = oracle.xent_forward(top.astype(np.float64) @ w_dec.T.astype(np.float64), bias, targets)
+    np.testing.assert_allclose(nll, want, rtol=1e-6, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------- optimizer
 
 

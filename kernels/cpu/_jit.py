@@ -321,6 +321,78 @@ def xent_forward_backward(logits, bias, targets, shift, scale, nll, dbias):
         dbias[t] -= np.float32(scale)
 
 
+# Scoring in vocabulary blocks (see decode_xent in __init__.py): logits_t (Vb, N) holds
+# the logits of vocabulary rows v0 : v0 + Vb for all N positions, transposed, so that the
+# per-position running max and sum are updated by loops over contiguous positions (plain
+# vector loads, no reductions) while the block is still in cache. m (N,) is each
+# position's running max of logit + bias, s (N,) its sum of exp(logit + bias - m).
+# A block's terms are taken relative to the max of the blocks before it (the first block
+# sets it), so one pass reads each logit once; a position whose block max exceeds that
+# by more than RESCALE_LIMIT (exp would lose range: V e^60 still fits in float32) is
+# summed again relative to its new max, from the sum saved before the block.
+RESCALE_LIMIT = 60.0
+
+
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
+def xent_block(logits_t, bias, v0, targets, m, s, target_logit, block_max, s_before):
+    Vb, N = logits_t.shape
+    ninf = np.float32(-np.inf)
+    if v0 == 0:
+        for n in range(N):
+            m[n] = ninf
+            s[n] = 0.0
+        for v in range(Vb):
+            bv = bias[v]
+            for n in range(N):
+                x = logits_t[v, n] + bv
+                m[n] = x if x > m[n] else m[n]
+    for n in range(N):
+        block_max[n] = ninf
+        s_before[n] = s[n]
+    # four vocabulary rows per sweep: a quarter of the loads and stores of s and block_max
+    # (2.0 ms against 2.3 ms per 7M logits)
+    V4 = Vb - Vb % 4
+    for v in range(0, V4, 4):
+        r0, r1, r2, r3 = logits_t[v], logits_t[v + 1], logits_t[v + 2], logits_t[v + 3]
+        b0, b1, b2, b3 = bias[v0 + v], bias[v0 + v + 1], bias[v0 + v + 2], bias[v0 + v + 3]
+        for n in range(N):
+            mn = m[n]
+            x0, x1, x2, x3 = r0[n] + b0, r1[n] + b1, r2[n] + b2, r3[n] + b3
+            s[n] += (_exp(x0 - mn) + _exp(x1 - mn)) + (_exp(x2 - mn) + _exp(x3 - mn))
+            x01 = x0 if x0 > x1 else x1
+            x23 = x2 if x2 > x3 else x3
+            x = x01 if x01 > x23 else x23
+            block_max[n] = x if x > block_max[n] else block_max[n]
+    for v in range(V4, Vb):
+        bv = bias[v0 + v]
+        for n in range(N):
+            x = logits_t[v, n] + bv
+            s[n] += _exp(x - m[n])
+            block_max[n] = x if x > block_max[n] else block_max[n]
+    limit = np.float32(RESCALE_LIMIT)
+    for n in range(N):
+        bm = block_max[n]
+        if bm > m[n] + limit:  # rare: redo this position's block relative to its new max
+            acc = np.float32(0.0)
+            for v in range(Vb):
+                acc += _exp(logits_t[v, n] + bias[v0 + v] - bm)
+            s[n] = s_before[n] * _exp(m[n] - bm) + acc
+            m[n] = bm
+        elif bm > m[n]:
+            s[n] *= _exp(m[n] - bm)
+            m[n] = bm
+        t = targets[n] - v0
+        if t >= 0 and t < Vb:
+            target_logit[n] = logits_t[t, n] + bias[targets[n]]
+
+
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
+def xent_finish(m, s, target_logit, nll):
+    """nll (N,) = m + log(s) - target_logit: the end of the blocked scoring pass."""
+    for n in range(nll.shape[0]):
+        nll[n] = m[n] + np.log(s[n]) - target_logit[n]
+
+
 # ---------------------------------------------------------------------------- optimizer
 # Flat (1-D, contiguous) views of parameters and gradients.
 
