@@ -23,8 +23,11 @@ What one run does, in this order:
 
 Times are the median of --repeats calls after two burn-in calls (JIT compilation and first
 touch excluded; one for the oracle, which compiles nothing), with the 10th-90th percentile
-as the spread. The last line says how much CPU other processes took during the run: on a
-shared machine, rerun when it warns.
+as the spread. The calls are made in --rounds rounds (default 3) of probes and rows, each
+with its own burn-in, so that a machine whose speed drifts over seconds (a shared virtual
+machine) affects the floor and every row alike; the engine's and torch's % of floor in
+each round are printed under each table. The last line says how much CPU other processes
+of this machine took during the run: on a shared machine, rerun when it warns.
 """
 
 from __future__ import annotations
@@ -466,6 +469,14 @@ def time_rows(calls: dict, budget_s: float) -> dict[str, np.ndarray]:
     return out
 
 
+def per_round(calls: dict, rounds: int) -> dict:
+    """calls with each row's repeats shared out over `rounds` rounds (at least one each)."""
+    return {
+        name: (fn, max(1, -(-repeats // rounds)), burn_in)
+        for name, (fn, repeats, burn_in) in calls.items()
+    }
+
+
 def matmul_probe(M: int, K: int, N: int, rng):
     """(fn, flops): fn computes (M, K) @ (K, N) in float32 with np.matmul, the second operand
     a transposed view of an (N, K) array, as the model stores and uses its weights."""
@@ -675,12 +686,24 @@ def print_table(t: Table, torch_why: str) -> None:
     )
     print(
         f"floor = {mult}{(dec + layers) / 1e6:.2f} MFLOP/token of matrix products at the "
-        f"float32 rates measured just before this table:\n"
+        f"float32 rates measured in the same rounds as the rows:\n"
         f"  decoder ({N}x{H})@({H}x{V}) {t.rates['mm-decoder'] / 1e9:.1f} GFLOP/s, "
         f"layers ({N}x{E})@({E}x{G}) {t.rates['mm-layers'] / 1e9:.1f} GFLOP/s "
         f"[one recurrent step ({BATCH}x{H})@({H}x{G}): "
         f"{t.rates['mm-step'] / 1e9:.1f} GFLOP/s, not in the floor]"
     )
+
+
+def print_rounds(tables: list[Table]) -> None:
+    """The engine's and torch's % of floor in each round alone: their spread is the
+    machine's drift during the run."""
+    for name in ("engine", "torch"):
+        if name in tables[0].times:
+            shares = [100.0 * t.floor_s / float(np.median(t.times[name])) for t in tables]
+            print(
+                f"  {name} % of floor in each of {len(tables)} round(s): "
+                + ", ".join(f"{v:.1f}" for v in shares)
+            )
 
 
 # ---------------------------------------------------------------------------- main
@@ -692,14 +715,18 @@ def parse_args(argv=None):
     ap.add_argument("--vocab", type=int, nargs="+", default=[10000, 65], help="vocabulary sizes")
     ap.add_argument("--quick", action="store_true", help="smoke test: 3 repeats, 1 oracle")
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of probes and rows (default 3)")
     ap.add_argument("--seed", type=int, default=0, help="seed of weights and tokens")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if any(v < 2 for v in args.vocab):
         ap.error("every --vocab must be at least 2")
     if args.quick:
         args.repeats = min(args.repeats, 3)
+        args.rounds = 1
     return args
 
 
@@ -729,7 +756,8 @@ def main(argv=None) -> int:
     )
     print(
         f"timing   median of {args.repeats} calls (oracle {oracle_repeats}) after "
-        f"{BURN_IN} burn-in calls (oracle 1), one row after another; seed {args.seed}"
+        f"{BURN_IN} burn-in calls (oracle 1), one row after another, in {args.rounds} "
+        f"round(s); seed {args.seed}"
     )
 
     print(
@@ -755,8 +783,17 @@ def main(argv=None) -> int:
 
     for config, tasks in prepared:
         for task, calls, probe_flops in tasks:
-            times = time_rows(calls, budget_s)
+            # a few rounds of (probes, rows), each with a share of the repeats: a machine
+            # whose speed drifts over seconds (a shared host) then weighs on every row and
+            # on the floor alike, and the per-round ratios show how much it drifted
+            rounds = [
+                time_rows(per_round(calls, args.rounds), budget_s / args.rounds)
+                for _ in range(args.rounds)
+            ]
+            per_round_tables = [Table(task, config, dict(r), probe_flops) for r in rounds]
+            times = {name: np.concatenate([r[name] for r in rounds]) for name in rounds[0]}
             print_table(Table(task, config, times, probe_flops), torch_why)
+            print_rounds(per_round_tables)
     print(
         f"\nn = timed calls (fewer than --repeats where a row would pass {budget_s:.0f} s); "
         "x vs engine = row median / engine median (above 1: the engine is faster);\n"
