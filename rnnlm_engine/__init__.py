@@ -1,8 +1,9 @@
 """rnnlm-engine: an embeddable recurrent language-model engine on Numba kernels.
 
-Public names: ``Model`` (built with ``Model.from_state_dict``), ``ModelConfig``, ``State``
-and the error classes. Importing the package compiles nothing: kernels compile on first
-use and are cached on disk.
+Public names: ``Model`` (built with ``Model.from_state_dict`` or read with ``load``),
+``ModelConfig``, ``State``, ``Vocabulary``, ``train`` with ``TrainConfig``, and the error
+classes. Importing the package compiles nothing: kernels compile on first use and are
+cached on disk.
 """
 
 from .config import ModelConfig
@@ -15,9 +16,12 @@ from .errors import (
     RnnlmError,
     VocabularyError,
 )
-from .model import Model, State
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # before the imports below: train.py reads it
+
+from .model import Model, State, load  # noqa: E402
+from .train import TrainConfig, TrainingDiverged, train  # noqa: E402
+from .vocab import Vocabulary  # noqa: E402
 
 __all__ = [
     "BackendError",
@@ -29,6 +33,11 @@ __all__ = [
     "ParameterError",
     "RnnlmError",
     "State",
+    "TrainConfig",
+    "TrainingDiverged",
+    "Vocabulary",
     "VocabularyError",
     "__version__",
+    "load",
+    "train",
 ]

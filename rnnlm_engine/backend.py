@@ -4,6 +4,7 @@ A backend is a module (``rnnlm_engine.kernels.<name>``) that the model reaches o
 through ``get_backend``. It provides, with the contracts documented in ``kernels/cpu``:
 
 - arrays: ``NAME``, ``empty``, ``zeros``, ``to_device``, ``to_host``, ``matmul(a, b, out=)``,
+  ``multiply(a, b, out=)``,
   ``column_sums``, ``forward_layout`` (the recurrent matrix as the cell forward wants it);
 - embedding: ``embedding_forward``, ``embedding_backward``;
 - cells: ``CELL_FORWARD`` / ``CELL_BACKWARD`` (name -> function, also exported as

@@ -1,21 +1,386 @@
-"""The ``rnnlm`` command line (the commands arrive with the training and streaming issues)."""
+"""The ``rnnlm`` command line: train, info, demo.
+
+Errors are one line on stderr (the traceback only with --debug): exit 2 for bad usage or
+bad input (a missing file, an invalid setting, a defective model file), 1 for anything
+else, 130 after Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+import time
+from pathlib import Path
+
+import numpy as np
 
 from . import __version__
+from .errors import InputError, RnnlmError
+
+EXIT_USAGE = 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: 'rnnlm train: error: ... (see rnnlm train --help)'."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _seconds(text: str) -> float:
+    """'90', '90s', '5m', '1.5h' -> seconds."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    t = text.strip().lower()
+    factor = units.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if factor else t) * (factor or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (try 90, 90s, 5m, 1h)"
+        ) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a duration must be positive; got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
         prog="rnnlm", description="rnnlm-engine: recurrent language models on Numba kernels"
     )
     parser.add_argument("--version", action="version", version=f"rnnlm-engine {__version__}")
-    parser.parse_args(argv)
-    print(f"rnnlm-engine {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    common.add_argument("--quiet", action="store_true", help="no progress or messages")
+
+    t = sub.add_parser("train", parents=[common], help="train a model on a text file")
+    t.add_argument("--train", metavar="FILE", help="training text (UTF-8)")
+    t.add_argument(
+        "--valid",
+        metavar="FILE",
+        help="validation text (default: the last --valid-fraction of the training text)",
+    )
+    t.add_argument("--valid-fraction", type=float, default=0.1, metavar="F")
+    t.add_argument("--out", metavar="MODEL", required=True, help="best model goes here")
+    t.add_argument("--level", choices=["word", "char", "byte"], default="word")
+    t.add_argument("--max-vocab", type=int, metavar="N", help="keep the N most frequent tokens")
+    t.add_argument("--min-count", type=int, default=1, metavar="N")
+    t.add_argument(
+        "--replace-invalid",
+        action="store_true",
+        help="replace invalid UTF-8 with U+FFFD instead of stopping",
+    )
+    t.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm")
+    t.add_argument("--layers", type=int, default=2)
+    t.add_argument("--hidden", type=int, default=200)
+    t.add_argument("--emb", type=int, default=None, help="embedding size (default: --hidden)")
+    t.add_argument("--tied", action="store_true", help="tie encoder and decoder weights")
+    t.add_argument("--dropout", type=float, default=0.0)
+    t.add_argument("--init-range", type=float, default=0.1)
+    t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    t.add_argument("--lr", type=float, default=None, help="default: 20 (sgd), 0.002 (adam)")
+    t.add_argument("--lr-decay", type=float, default=0.25)
+    t.add_argument(
+        "--decay-start",
+        type=int,
+        default=None,
+        metavar="EPOCH",
+        help="decay the lr after every epoch from this one (default: on plateaus)",
+    )
+    t.add_argument("--clip", type=float, default=0.25, help="global gradient norm (0: off)")
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--max-time", type=_seconds, default=None, metavar="DURATION")
+    t.add_argument("--batch-size", type=int, default=20)
+    t.add_argument("--bptt", type=int, default=35)
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--checkpoint", metavar="PATH", help="default: MODEL.ckpt")
+    t.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MINUTES")
+    t.add_argument("--resume", metavar="CKPT", help="continue an interrupted run")
+    t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("info", parents=[common], help="describe a model file")
+    i.add_argument("model", metavar="MODEL")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="train a small character model for about a minute, then sample",
+    )
+    d.add_argument(
+        "--corpus",
+        metavar="PATH",
+        help="text to learn (default: Python's own help text, pydoc_data.topics)",
+    )
+    d.add_argument("--time", type=_seconds, default=60.0, metavar="DURATION")
+    d.add_argument("--out", metavar="MODEL", default="demo.rnnlm")
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--sample", type=int, default=400, metavar="CHARS")
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("rnnlm: interrupted", file=sys.stderr)
+        return 130
+    except (RnnlmError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"rnnlm {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # a bug: say so briefly
+        if args.debug:
+            raise
+        print(
+            f"rnnlm {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+            "(rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.strerror or e}: {e.filename}"
+    return " ".join(str(e).split())
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def _split(ids: np.ndarray, fraction: float):
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"--valid-fraction must be between 0 and 1; got {fraction}")
+    cut = int(round(len(ids) * (1.0 - fraction)))
+    return ids[:cut], ids[cut:]
+
+
+def cmd_train(args) -> int:
+    from .modelfile import load as load_file
+    from .train import Progress, TrainConfig, train
+    from .vocab import Vocabulary, read_text
+
+    progress = Progress(quiet=args.quiet)
+    errors = "replace" if args.replace_invalid else "strict"
+    if args.resume:
+        f = load_file(args.resume)
+        values = (f.training or {}).get("values", {})
+        if values.get("kind") != "checkpoint":
+            raise InputError(f"{args.resume}: not a training checkpoint")
+        saved = values["train_config"]
+        config = TrainConfig.from_dict(
+            saved
+            | {
+                "epochs": args.epochs,
+                "max_time": args.max_time,
+                "checkpoint_every": args.checkpoint_every,
+            }
+        )
+        cli = f.metadata.get("cli", {})
+        args.train = args.train or cli.get("train")
+        args.valid = args.valid or cli.get("valid")
+        vocab = Vocabulary.from_dict(f.vocab)
+        fraction = cli.get("valid_fraction", args.valid_fraction)
+    else:
+        config = None
+        fraction = args.valid_fraction
+    if not args.train:
+        raise InputError("--train FILE is required")
+    text = read_text(args.train, errors=errors)
+    if not args.resume:
+        vocab = Vocabulary.build(
+            text, args.level, max_size=args.max_vocab, min_count=args.min_count
+        )
+        lr = args.lr if args.lr is not None else (20.0 if args.optimizer == "sgd" else 0.002)
+        config = TrainConfig(
+            cell=args.cell,
+            emb_size=args.emb or args.hidden,
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            tied=args.tied,
+            dropout=args.dropout,
+            init_range=args.init_range,
+            optimizer=args.optimizer,
+            lr=lr,
+            lr_decay=args.lr_decay,
+            decay_start=args.decay_start,
+            clip=args.clip,
+            epochs=args.epochs,
+            max_time=args.max_time,
+            batch_size=args.batch_size,
+            bptt=args.bptt,
+            seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
+        )
+    ids = vocab.encode(text)
+    if args.valid:
+        train_ids, valid_ids = ids, vocab.encode(read_text(args.valid, errors=errors))
+    else:
+        train_ids, valid_ids = _split(ids, fraction)
+    progress.message(
+        f"{len(train_ids):,} training and {len(valid_ids):,} validation tokens; "
+        f"{vocab.kind} vocabulary of {len(vocab):,}; {config.cell} {config.num_layers} x "
+        f"{config.hidden_size}, {config.optimizer} lr {config.lr:g}"
+    )
+    cli_info = {
+        "train": str(Path(args.train).resolve()),
+        "valid": str(Path(args.valid).resolve()) if args.valid else None,
+        "valid_fraction": fraction,
+    }
+    result = train(
+        train_ids,
+        valid_ids,
+        vocab,
+        config,
+        args.out,
+        checkpoint=args.checkpoint,
+        resume=args.resume,
+        progress=progress,
+        extra_metadata={"cli": cli_info},
+    )
+    if result.out is not None:
+        v = result.best_valid_loss
+        bpc = f", {v / math.log(2):.3f} bits/char" if vocab.kind != "word" else ""
+        progress.message(
+            f"best validation loss {v:.4f} (perplexity {math.exp(v):.2f}{bpc}) in {result.out}"
+        )
+    return 130 if result.stopped == "interrupted" else 0
+
+
+# ---------------------------------------------------------------------------- info
+
+
+def cmd_info(args) -> int:
+    from .modelfile import read_info
+
+    info = read_info(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True, default=str))
+        return 0
+    for key, value in _info_lines(info):
+        print(f"{key:<18}{value}")
     return 0
+
+
+def _info_lines(info: dict):
+    cfg = info.get("config", {})
+    yield "file", info.get("path", "")
+    yield "format", ".".join(map(str, info.get("version", ())))
+    yield (
+        "model",
+        (
+            f"{cfg.get('cell')} {cfg.get('num_layers')} x {cfg.get('hidden_size')}, "
+            f"embedding {cfg.get('emb_size')}" + (", tied" if cfg.get("tied") else "")
+        ),
+    )
+    vocab = info.get("vocab")
+    if vocab:
+        yield "vocabulary", f"{vocab.get('size'):,} tokens ({vocab.get('kind')})"
+    else:
+        yield "vocabulary", f"{cfg.get('vocab_size'):,} ids (no vocabulary stored)"
+    yield "parameters", f"{info.get('parameters', 0):,}"
+    meta = info.get("metadata", {})
+    for key in ("valid_loss", "valid_ppl", "valid_bpc"):
+        if key in meta:
+            yield key.replace("_", " "), f"{meta[key]:.4f}"
+    if "epochs_completed" in meta:
+        yield "epochs", meta["epochs_completed"]
+    for key in ("engine", "created"):
+        if key in meta:
+            yield key, meta[key]
+    yield "training state", "yes (a checkpoint)" if info.get("training") else "no"
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+def demo_corpus() -> str:
+    """Python's own help text (the pydoc topics): present in every CPython installation."""
+    import pydoc_data.topics
+
+    topics = pydoc_data.topics.topics
+    return "\n".join(topics[k] for k in sorted(topics))
+
+
+def cmd_demo(args) -> int:
+    from .model import load
+    from .train import Progress, TrainConfig, train
+    from .vocab import Vocabulary, read_text
+
+    progress = Progress(quiet=args.quiet)
+    text = read_text(args.corpus) if args.corpus else demo_corpus()
+    source = args.corpus or "pydoc_data.topics (Python's help text)"
+    vocab = Vocabulary.build(text, "char")
+    ids = vocab.encode(text)
+    train_ids, valid_ids = _split(ids, 0.1)
+    config = TrainConfig(
+        cell="lstm",
+        emb_size=64,
+        hidden_size=256,
+        num_layers=1,
+        optimizer="adam",
+        lr=0.003,
+        lr_decay=0.5,
+        clip=1.0,
+        epochs=1000,
+        max_time=args.time,
+        batch_size=32,
+        bptt=64,
+        eval_batch_size=32,
+        seed=args.seed,
+        checkpoint_every=0.0,
+        init_range=0.08,
+    )
+    print(
+        f"rnnlm demo: a character-level LSTM 1 x 256 learns {source}: {len(ids):,} "
+        f"characters, {len(vocab)} distinct; training for {args.time:.0f} s",
+        file=sys.stderr,
+    )
+    t0 = time.monotonic()
+    result = train(
+        train_ids, valid_ids, vocab, config, args.out, checkpoint=False, progress=progress
+    )
+    if result.out is None:
+        raise InputError("the demo trained too briefly to validate once; give more --time")
+    bpc = result.best_valid_loss / math.log(2)
+    print(
+        f"validation: {bpc:.3f} bits per character after {time.monotonic() - t0:.0f} s "
+        f"(the model is in {result.out})"
+    )
+    model = load(result.out)
+    rng = np.random.default_rng(args.seed)
+    # a prompt the vocabulary can encode: "The " when it can, else the text's first word
+    prompt = "The " if all(ch in vocab for ch in "The ") else text.split(maxsplit=1)[0]
+    print("\nsample (temperature 0.8):\n")
+    print(sample_text(model, prompt, args.sample, 0.8, rng))
+    return 0
+
+
+def sample_text(model, prompt: str, n: int, temperature: float, rng) -> str:
+    """Feed the prompt, then draw n tokens one at a time (a stand-in for Stream.generate)."""
+    vocab = model.vocab
+    ids = vocab.encode(prompt)
+    logprobs, state = model.forward(ids.reshape(-1, 1))
+    out = []
+    for _ in range(n):
+        p = np.exp((logprobs[-1, 0].astype(np.float64)) / temperature)
+        nxt = int(rng.choice(len(p), p=p / p.sum()))
+        out.append(nxt)
+        logprobs, state = model.forward(np.array([[nxt]]), state)
+    return prompt + vocab.decode(np.array(out, np.int64))
 
 
 if __name__ == "__main__":

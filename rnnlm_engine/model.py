@@ -18,9 +18,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import modelfile
 from .backend import get_backend
 from .config import CELLS, GATES, ModelConfig
-from .errors import ConfigError, InputError, ParameterError
+from .errors import ConfigError, InputError, ModelFileError, ParameterError, VocabularyError
+from .vocab import Vocabulary
 
 # Logits block size for forward-only passes: bounds the memory of a long (T, B) window.
 # Blocks of 8M floats (32 MB; 838 rows at V=10000) are as fast as one block here; small,
@@ -71,8 +73,22 @@ class _Saved:
 class Model:
     """A recurrent language model. Build one with ``Model.from_state_dict``."""
 
-    def __init__(self, config: ModelConfig, params: dict[str, np.ndarray], backend: str = "cpu"):
+    def __init__(
+        self,
+        config: ModelConfig,
+        params: dict[str, np.ndarray],
+        backend: str | None = "cpu",
+        vocab=None,
+        metadata: dict | None = None,
+    ):
+        if vocab is not None and len(vocab) != config.vocab_size:
+            raise ConfigError(
+                f"the vocabulary has {len(vocab)} tokens but the model's vocab_size is "
+                f"{config.vocab_size}"
+            )
         self._config = config
+        self._vocab = vocab
+        self._metadata = dict(metadata or {})
         self._k: ModuleType = get_backend(backend)
         host_params = _validated_params(config, params)
         self._recurrent_bounds = _check_sums_fit_float32(config, host_params)
@@ -95,7 +111,8 @@ class Model:
         state_dict: dict[str, np.ndarray],
         cell: str = "lstm",
         tied: bool = False,
-        backend: str = "cpu",
+        backend: str | None = "cpu",
+        vocab=None,
     ) -> Model:
         """Build a model from name -> array, PyTorch word_language_model names and shapes.
 
@@ -119,7 +136,7 @@ class Model:
                     "tied=True but decoder.weight differs from encoder.weight; "
                     "pass tied=False for a model with separate decoder weights"
                 )
-        return cls(config, params, backend)
+        return cls(config, params, backend, vocab=vocab)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Name -> float32 copy. Tied models list decoder.weight too (a copy of the
@@ -134,6 +151,31 @@ class Model:
         return self._config
 
     @property
+    def vocab(self):
+        """The model's Vocabulary (from its file or given at construction), or None."""
+        return self._vocab
+
+    @property
+    def metadata(self) -> dict:
+        """Metadata from the model's file (training metrics, ...); empty if none."""
+        return dict(self._metadata)
+
+    def save(self, path, metadata: dict | None = None) -> None:
+        """Write the model (weights, config, vocabulary, metadata) to a model file,
+        atomically: a crash during the write leaves any previous file at path intact."""
+        modelfile.save(
+            path,
+            config=self._config,
+            tensors=self._parameters(),
+            vocab=None if self._vocab is None else self._vocab.to_dict(),
+            metadata=self._metadata if metadata is None else metadata,
+        )
+
+    def _parameters(self) -> dict[str, np.ndarray]:
+        """Name -> host array of every parameter (no copies; tied: no decoder.weight)."""
+        return {name: self._k.to_host(a) for name, a in self._params.items()}
+
+    @property
     def backend(self) -> str:
         return self._k.NAME
 
@@ -143,6 +185,31 @@ class Model:
             f"Model({c.cell} {c.num_layers}x{c.hidden_size}, emb {c.emb_size}, "
             f"vocab {c.vocab_size}{', tied' if c.tied else ''}, backend {self.backend!r})"
         )
+
+    def _apply_update(self, update) -> None:
+        """For training only (a model being trained is not shared): update(params) changes
+        the parameter arrays in place; the copies derived from them are then refreshed.
+        The weights are not re-checked here; ``_check_bounds()`` does that."""
+        arrays = list(self._params.values()) + self._w_hh_forward
+        for a in arrays:
+            a.flags.writeable = True
+        try:
+            update(self._params)
+            for layer, w in enumerate(self._w_hh_forward):
+                w[...] = self._params[f"rnn.weight_hh_l{layer}"]
+            with self._input_table_lock:
+                self._input_table = None
+        finally:
+            for a in arrays:
+                a.flags.writeable = False
+
+    def _check_bounds(self) -> None:
+        """Raise ParameterError if the current weights could overflow float32 (after
+        training updates: see _check_sums_fit_float32)."""
+        host = {name: np.asarray(self._k.to_host(a)) for name, a in self._params.items()}
+        if not all(np.all(np.isfinite(a)) for a in host.values()):
+            raise ParameterError("the weights contain NaN or infinity")
+        self._recurrent_bounds = _check_sums_fit_float32(self._config, host)
 
     def release_workspace(self) -> None:
         """Free the work arrays this model keeps for the calling thread."""
@@ -192,21 +259,28 @@ class Model:
         self._k.decode_xent(top, w_dec, p["decoder.bias"], targets.reshape(-1), nll, self._work)
         return -self._k.to_host(nll).reshape(T, B), new_state  # negation: a fresh array
 
-    def loss_and_grad(self, inputs, targets, state=None) -> tuple[float, dict, State]:
+    def loss_and_grad(
+        self, inputs, targets, state=None, dropout_masks=None
+    ) -> tuple[float, dict, State]:
         """Mean next-token cross-entropy in nats over all T * B positions and its gradients.
 
         inputs, targets: (T, B) ints in [0, V). Returns (loss, grads, final State); grads
         maps each parameter name (as in ``config.parameter_shapes()``) to a float32 array;
         for tied weights the encoder's gradient holds both uses. The initial state is a
         constant (truncated BPTT): carry the returned state into the next window.
+
+        dropout_masks: None, or the L + 1 masks of ``dropout_masks(T, B, p, rng)``: mask k
+        multiplies the input of layer k (the embeddings for k = 0), mask L the top layer's
+        output before the decoder (PyTorch word_language_model's dropout placement).
         """
         inputs, targets = self._check_pair(inputs, targets)
         state = self._check_state(state, inputs.shape[1])
+        masks = self._check_masks(dropout_masks, *inputs.shape)
         k, p, c = self._k, self._params, self._config
         T, B = inputs.shape
         N = T * B
         saved = _Saved()
-        top, new_state = self._forward_layers(inputs, state, saved)
+        top, new_state = self._forward_layers(inputs, state, saved, masks)
         logits = self._decode(top)
 
         nll = self._work("nll", (N,))
@@ -228,9 +302,13 @@ class Model:
         d_dec = k.empty((c.vocab_size, c.hidden_size), np.float32)
         k.matmul(dlogits.T, top, out=d_dec)
         dx = k.matmul(dlogits, w_dec, out=self._work("dtop", (N, c.hidden_size)))
+        if masks is not None:
+            k.multiply(dx, masks[c.num_layers], out=dx)
 
         for layer in reversed(range(c.num_layers)):
             dx = self._layer_backward(layer, dx, state, saved, grads)
+            if masks is not None:
+                k.multiply(dx, masks[layer], out=dx)
 
         d_enc = d_dec if c.tied else k.zeros((c.vocab_size, c.emb_size), np.float32)
         if not c.tied:
@@ -241,8 +319,10 @@ class Model:
 
     # ------------------------------------------------------------------ internals
 
-    def _forward_layers(self, ids, state: State, saved: _Saved | None):
-        """Embedding and every recurrent layer. Returns (top (T*B, H), final State)."""
+    def _forward_layers(self, ids, state: State, saved: _Saved | None, masks=None):
+        """Embedding and every recurrent layer. Returns (top (T*B, H), final State).
+
+        masks: dropout masks (flat (T*B, width) views), for training passes only."""
         k, p, c = self._k, self._params, self._config
         T, B = ids.shape
         H, G = c.hidden_size, c.gate_rows
@@ -250,6 +330,8 @@ class Model:
         if table is None:
             x = self._work("emb", (T * B, c.emb_size))
             k.embedding_forward(p["encoder.weight"], ids.reshape(-1), x)
+            if masks is not None:
+                k.multiply(x, masks[0], out=x)
         h_final = k.empty((c.num_layers, B, H), np.float32)
         c_final = k.empty((c.num_layers, B, H), np.float32) if c.cell == "lstm" else None
         forward = k.CELL_FORWARD[c.cell]
@@ -285,6 +367,8 @@ class Model:
             if c_final is not None:
                 c_final[layer] = cs[T - 1]
             x = hs.reshape(T * B, H)
+            if masks is not None:  # into a copy: the cell's backward needs hs itself
+                x = k.multiply(x, masks[layer + 1], out=self._work(f"dropped{layer}", x.shape))
         return x, State(h_final, c_final)
 
     def _layer0_table(self):
@@ -415,6 +499,46 @@ class Model:
                     f"state h of layer {layer} is so large (|h| up to {largest:.3g}) that this "
                     "model's sums would overflow float32; a cell's own h lies in [-1, 1]"
                 )
+
+    def dropout_masks(self, T: int, B: int, p: float, rng: np.random.Generator) -> list:
+        """L + 1 inverted-dropout masks for loss_and_grad: each element is 0 with
+        probability p, else 1 / (1 - p); (T, B, E) for the embeddings, (T, B, H) for the
+        output of each layer. Drawn from rng in a fixed order (reproducible)."""
+        if not 0.0 <= p < 1.0:
+            raise InputError(f"dropout probability must be in [0, 1); got {p!r}")
+        c = self._config
+        widths = [c.emb_size] + [c.hidden_size] * c.num_layers
+        keep = np.float32(1.0 / (1.0 - p))
+        masks = []
+        for width in widths:
+            kept = rng.random((T, B, width), dtype=np.float32) >= np.float32(p)
+            masks.append(kept.astype(np.float32) * keep)
+        return masks
+
+    def _check_masks(self, masks, T: int, B: int):
+        """None, or the masks as flat (T*B, width) float32 arrays on the backend."""
+        if masks is None:
+            return None
+        c = self._config
+        widths = [c.emb_size] + [c.hidden_size] * c.num_layers
+        if not isinstance(masks, list | tuple) or len(masks) != len(widths):
+            raise InputError(
+                f"dropout_masks must be a list of {len(widths)} arrays (embeddings, then "
+                f"each layer's output); got {type(masks).__name__}"
+                + (f" of length {len(masks)}" if isinstance(masks, list | tuple) else "")
+            )
+        out = []
+        for i, (m, width) in enumerate(zip(masks, widths, strict=True)):
+            try:
+                a = np.asarray(m, dtype=np.float32)
+            except (TypeError, ValueError) as e:
+                raise InputError(f"dropout mask {i} is not a float array ({e})") from None
+            if a.shape != (T, B, width):
+                raise InputError(f"dropout mask {i} must have shape {(T, B, width)}; got {a.shape}")
+            if not np.all(np.isfinite(a)):
+                raise InputError(f"dropout mask {i} contains NaN or infinity")
+            out.append(self._k.to_device(np.ascontiguousarray(a).reshape(T * B, width)))
+        return out
 
     def _check_pair(self, inputs, targets):
         inputs = self._check_ids(inputs, "inputs")
@@ -594,3 +718,17 @@ def _check_sums_fit_float32(config: ModelConfig, params: dict[str, np.ndarray]) 
     dec = "encoder.weight" if config.tied else "decoder.weight"
     check([dec, "decoder.bias"], row_l1(dec) + np.abs(params["decoder.bias"].astype(np.float64)))
     return recurrent_bounds
+
+
+def load(path, backend: str | None = None) -> Model:
+    """A Model from a model file (weights, config, vocabulary, metadata).
+
+    Raises ModelFileError naming the file for any defect of the file, including weights
+    that the Model itself refuses (so that a caller needs to handle one error class).
+    """
+    f = modelfile.load(path)
+    try:
+        vocab = None if f.vocab is None else Vocabulary.from_dict(f.vocab)
+        return Model(f.config, dict(f.tensors), backend, vocab=vocab, metadata=f.metadata)
+    except (ParameterError, ConfigError, VocabularyError) as e:
+        raise ModelFileError(f"{path}: {e}") from None

@@ -259,12 +259,16 @@ def zero_state(config: ModelConfig, batch: int):
     return np.zeros(shape), (np.zeros(shape) if config.cell == "lstm" else None)
 
 
-def _run_layers(p, config, ids, state):
+def _run_layers(p, config, ids, state, masks=None):
+    """masks: None, or L + 1 dropout masks: masks[k] (T, B, width) multiplies the input of
+    layer k (the embeddings for k = 0), masks[L] the top layer's output before the decoder."""
     T, B = ids.shape
     h0s, c0s = zero_state(config, B) if state is None else state
     x = embedding_forward(p["encoder.weight"], ids.reshape(-1)).reshape(T, B, -1)
     layer_inputs, caches, h_final, c_final = [], [], [], []
     for k in range(config.num_layers):
+        if masks is not None:
+            x = x * masks[k]
         layer_inputs.append(x)
         xproj = x @ p[f"rnn.weight_ih_l{k}"].T + p[f"rnn.bias_ih_l{k}"]
         c0 = None if c0s is None else c0s[k]
@@ -275,6 +279,8 @@ def _run_layers(p, config, ids, state):
         h_final.append(h)
         c_final.append(c)
         x = hs
+    if masks is not None:
+        x = x * masks[config.num_layers]
     logits = x.reshape(T * B, -1) @ _decoder_weight(p, config).T
     new_state = (np.stack(h_final), None if c0s is None else np.stack(c_final))
     return logits, new_state, (layer_inputs, caches, x)
@@ -288,16 +294,18 @@ def model_forward(params, config: ModelConfig, ids, state=None):
     return log_softmax(logits, p["decoder.bias"]).reshape(T, B, -1), new_state
 
 
-def model_loss_and_grad(params, config: ModelConfig, inputs, targets, state=None):
+def model_loss_and_grad(params, config: ModelConfig, inputs, targets, state=None, masks=None):
     """Mean next-token cross-entropy (nats) over all T * B positions, its gradients, new state.
 
     The initial state is treated as a constant (truncated BPTT). For tied models the
-    encoder's gradient holds both uses of the shared matrix.
+    encoder's gradient holds both uses of the shared matrix. masks: dropout masks as in
+    _run_layers (inverted dropout: 0 or 1 / (1 - p) per element), or None.
     """
     p = _params64(params)
     inputs, targets = np.asarray(inputs), np.asarray(targets)
     T, B = inputs.shape
-    logits, new_state, (layer_inputs, caches, top) = _run_layers(p, config, inputs, state)
+    masks = None if masks is None else [np.asarray(m, np.float64) for m in masks]
+    logits, new_state, (layer_inputs, caches, top) = _run_layers(p, config, inputs, state, masks)
     flat_targets = targets.reshape(-1)
     loss = float(xent_forward(logits, p["decoder.bias"], flat_targets).mean())
     dlogits = xent_backward(logits, p["decoder.bias"], flat_targets, 1.0 / (T * B))
@@ -308,6 +316,8 @@ def model_loss_and_grad(params, config: ModelConfig, inputs, targets, state=None
     grads[dec_name] += dlogits.T @ top.reshape(T * B, -1)
     grads["decoder.bias"] += dlogits.sum(axis=0)
     dx = (dlogits @ w_dec).reshape(T, B, -1)
+    if masks is not None:
+        dx = dx * masks[config.num_layers]
     for k in reversed(range(config.num_layers)):
         dxproj, dw_hh, db_hh, _, _ = CELL_BACKWARD[config.cell](
             caches[k], dx, None, p[f"rnn.weight_hh_l{k}"]
@@ -318,6 +328,8 @@ def model_loss_and_grad(params, config: ModelConfig, inputs, targets, state=None
         grads[f"rnn.weight_ih_l{k}"] += dxproj.reshape(T * B, -1).T @ x.reshape(T * B, -1)
         grads[f"rnn.bias_ih_l{k}"] += dxproj.sum(axis=(0, 1))
         dx = dxproj @ p[f"rnn.weight_ih_l{k}"]
+        if masks is not None:
+            dx = dx * masks[k]
     grads["encoder.weight"] += embedding_backward(
         inputs.reshape(-1), dx.reshape(T * B, -1), config.vocab_size
     )

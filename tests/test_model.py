@@ -1161,3 +1161,51 @@ def test_tied_weights_with_nan_are_reported_as_nan():
     sd["decoder.weight"] = sd["encoder.weight"].copy()
     with pytest.raises(ParameterError, match="NaN"):
         Model.from_state_dict(sd, cell="gru", tied=True)
+
+
+# ---------------------------------------------------------------------------- dropout
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("tied", [False, True])
+def test_loss_and_grad_with_dropout_masks_matches_oracle(cell, tied):
+    """Dropout on the embeddings, between the layers and on the top output: the engine
+    with the same masks equals the oracle; the final state is the undropped one."""
+    rng = np.random.default_rng(21)
+    config = ModelConfig(cell, 19, 6, 6, 3, tied=tied)
+    sd = random_state_dict(config, rng)
+    model = Model.from_state_dict(sd, cell=cell, tied=tied)
+    inputs, targets = rng.integers(0, 19, (7, 4)), rng.integers(0, 19, (7, 4))
+    state = random_state(config, 4, rng)
+    masks = model.dropout_masks(7, 4, 0.4, rng)
+    assert [m.shape for m in masks] == [(7, 4, 6)] * 4
+    kept = np.concatenate([m.ravel() for m in masks])
+    assert set(np.unique(kept)) == {np.float32(0.0), np.float32(1 / 0.6)}
+    ref_loss, ref_grads, ref_state = oracle.model_loss_and_grad(
+        sd, config, inputs, targets, state64(state), masks=masks
+    )
+    loss, grads, new_state = model.loss_and_grad(inputs, targets, state, dropout_masks=masks)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    G = max(np.abs(g).max() for g in ref_grads.values())
+    for name, ref in ref_grads.items():
+        assert normwise(grads[name], ref, floor=0.01 * G) < GRAD_TOL, name
+    assert normwise(new_state.h, ref_state[0]) < LOGPROB_TOL
+    # and the masks matter: without them the loss differs
+    assert model.loss_and_grad(inputs, targets, state)[0] != pytest.approx(loss, rel=1e-3)
+
+
+def test_dropout_masks_are_validated():
+    model = small_model("lstm")
+    ids = _ids(3, 2)
+    good = model.dropout_masks(3, 2, 0.5, np.random.default_rng(0))
+    with pytest.raises(InputError, match="list of 3 arrays"):
+        model.loss_and_grad(ids, ids, dropout_masks=good[:2])
+    bad = [m.copy() for m in good]
+    bad[1] = bad[1][:, :1]
+    with pytest.raises(InputError, match=r"dropout mask 1 must have shape \(3, 2, 5\)"):
+        model.loss_and_grad(ids, ids, dropout_masks=bad)
+    bad[1] = np.full((3, 2, 5), np.nan, np.float32)
+    with pytest.raises(InputError, match="dropout mask 1 contains NaN"):
+        model.loss_and_grad(ids, ids, dropout_masks=bad)
+    with pytest.raises(InputError, match=r"dropout probability must be in \[0, 1\)"):
+        model.dropout_masks(3, 2, 1.0, np.random.default_rng(0))

@@ -38,6 +38,7 @@ NAME = "cpu"
 empty = np.empty
 zeros = np.zeros
 matmul = np.matmul
+multiply = np.multiply
 
 
 def to_device(array):
@@ -160,6 +161,7 @@ __all__ = [
     "lstm_backward",
     "lstm_forward",
     "matmul",
+    "multiply",
     "rnn_backward",
     "rnn_forward",
     "row_max",

@@ -1,0 +1,112 @@
+"""Optimizers and gradient clipping for training, on the model's backend kernels.
+
+Each optimizer updates a dict of parameter arrays in place from a dict of gradients with
+the same names, and exposes its state as (tensors, values) for checkpoints, so that a
+resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1)  # a view: parameters and gradients are C-contiguous
+
+
+def clip_grad_norm(k: ModuleType, grads: dict[str, np.ndarray], max_norm: float) -> float:
+    """Scale every gradient in place so that their global L2 norm is at most max_norm, as
+    torch.nn.utils.clip_grad_norm_ does (factor max_norm / (norm + 1e-6) when below 1).
+    Returns the norm before clipping (inf or NaN when a gradient is not finite)."""
+    norm = float(np.sqrt(sum(k.sum_of_squares(_flat(g)) for g in grads.values())))
+    factor = max_norm / (norm + 1e-6)
+    if factor < 1.0:
+        for g in grads.values():
+            k.scale_inplace(_flat(g), factor)
+    return norm
+
+
+class SGD:
+    """Plain stochastic gradient descent: p -= lr * g."""
+
+    name = "sgd"
+
+    def __init__(self, k: ModuleType, lr: float):
+        if not lr > 0:
+            raise ConfigError(f"learning rate must be positive; got {lr!r}")
+        self.k, self.lr = k, float(lr)
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        for name, p in params.items():
+            self.k.sgd_update(_flat(p), _flat(grads[name]), self.lr)
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        return {}, {"name": self.name, "lr": self.lr}
+
+    def load_state(self, tensors: dict[str, np.ndarray], values: dict) -> None:
+        self.lr = float(values["lr"])
+
+
+class Adam:
+    """torch.optim.Adam (no weight decay, no amsgrad): the same update, float32 moments."""
+
+    name = "adam"
+
+    def __init__(
+        self,
+        k: ModuleType,
+        lr: float,
+        shapes: dict[str, tuple],
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
+        if not lr > 0:
+            raise ConfigError(f"learning rate must be positive; got {lr!r}")
+        self.k, self.lr, self.betas, self.eps = k, float(lr), betas, eps
+        self.steps = 0
+        self.m = {name: k.zeros(shape, np.float32) for name, shape in shapes.items()}
+        self.v = {name: k.zeros(shape, np.float32) for name, shape in shapes.items()}
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        self.steps += 1
+        b1, b2 = self.betas
+        for name, p in params.items():
+            self.k.adam_update(
+                _flat(p),
+                _flat(grads[name]),
+                _flat(self.m[name]),
+                _flat(self.v[name]),
+                self.lr,
+                b1,
+                b2,
+                self.eps,
+                self.steps,
+            )
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        tensors = {f"adam.m.{n}": a for n, a in self.m.items()}
+        tensors |= {f"adam.v.{n}": a for n, a in self.v.items()}
+        values = {"name": self.name, "lr": self.lr, "steps": self.steps}
+        values |= {"beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps}
+        return tensors, values
+
+    def load_state(self, tensors: dict[str, np.ndarray], values: dict) -> None:
+        self.lr, self.steps = float(values["lr"]), int(values["steps"])
+        for name in self.m:
+            self.m[name][...] = tensors[f"adam.m.{name}"]
+            self.v[name][...] = tensors[f"adam.v.{name}"]
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(name: str, k: ModuleType, lr: float, shapes: dict[str, tuple]):
+    if name == "sgd":
+        return SGD(k, lr)
+    if name == "adam":
+        return Adam(k, lr, shapes)
+    raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")

@@ -1,0 +1,636 @@
+"""Training: truncated backpropagation through time, checkpoints, and resume.
+
+Batching follows PyTorch's word_language_model: the token stream is cut into B parallel
+streams (columns), windows of `bptt` steps are taken down the columns, and the recurrent
+state is carried from one window to the next (zeroed at each epoch start). Validation runs
+after every epoch; the best model so far is written to the output file; a checkpoint (the
+current weights with the optimizer state, the data position, the RNG state and the
+carried recurrent state) is written at each epoch end, every `checkpoint_every` minutes
+and on Ctrl-C, so that `resume=` continues exactly where the run stopped: an interrupted
+and resumed run ends with the same weights, bit for bit, as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import modelfile
+from .config import CELLS, ModelConfig
+from .errors import ConfigError, InputError, ModelFileError, RnnlmError
+from .model import Model, State
+from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
+from .vocab import Vocabulary
+
+# A run whose loss turns non-finite this many times without a good epoch in between
+# stops with a diagnosis instead of rolling back again.
+MAX_ROLLBACKS = 3
+# Validation and scoring run in windows this long (the result does not depend on it).
+EVAL_WINDOW = 256
+
+
+class TrainingDiverged(RnnlmError):
+    """The loss kept turning non-finite after rollbacks with lower learning rates."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run; stored in checkpoints and in the model's metadata.
+
+    lr_decay applies on validation plateaus (an epoch that does not improve the best
+    validation loss) when decay_start is None, as word_language_model does; with
+    decay_start = e it applies after every epoch from epoch e on, as Zaremba et al. do.
+    """
+
+    cell: str = "lstm"
+    emb_size: int = 200
+    hidden_size: int = 200
+    num_layers: int = 2
+    tied: bool = False
+    dropout: float = 0.0
+    init_range: float = 0.1
+    optimizer: str = "sgd"
+    lr: float = 20.0
+    lr_decay: float = 0.25
+    decay_start: int | None = None
+    clip: float = 0.25
+    epochs: int = 40
+    max_time: float | None = None
+    batch_size: int = 20
+    bptt: int = 35
+    eval_batch_size: int = 10
+    seed: int = 1
+    checkpoint_every: float = 10.0
+
+    def __post_init__(self) -> None:
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {v!r}")
+
+        for name in ("emb_size", "hidden_size", "num_layers", "epochs", "batch_size", "bptt"):
+            positive_int(name)
+        positive_int("eval_batch_size")
+        if self.cell not in CELLS:
+            raise ConfigError(f"cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1); got {self.dropout!r}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"lr must be a positive number; got {self.lr!r}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ConfigError(f"lr_decay must be in (0, 1]; got {self.lr_decay!r}")
+        if not self.init_range > 0:
+            raise ConfigError(f"init_range must be positive; got {self.init_range!r}")
+        if not self.clip >= 0:
+            raise ConfigError(f"clip must be >= 0 (0: no clipping); got {self.clip!r}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise ConfigError(f"max_time must be positive seconds; got {self.max_time!r}")
+        if not self.checkpoint_every >= 0:
+            raise ConfigError(f"checkpoint_every must be >= 0; got {self.checkpoint_every!r}")
+        if self.decay_start is not None and (
+            isinstance(self.decay_start, bool)
+            or not isinstance(self.decay_start, int)
+            or self.decay_start < 1
+        ):
+            raise ConfigError(f"decay_start must be a positive epoch; got {self.decay_start!r}")
+        if self.tied and self.emb_size != self.hidden_size:
+            raise ConfigError("tied weights need emb_size == hidden_size")
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(
+            self.cell, vocab_size, self.emb_size, self.hidden_size, self.num_layers, self.tied
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# Settings that may change when a run is resumed (they do not change its trajectory).
+RESUMABLE_CHANGES = ("epochs", "max_time", "checkpoint_every")
+
+
+@dataclass
+class TrainResult:
+    """What a run ended with. stopped: "done", "max_time" or "interrupted"."""
+
+    best_valid_loss: float
+    epochs_completed: int
+    stopped: str
+    history: list[dict] = field(default_factory=list)
+    out: Path | None = None
+    checkpoint: Path | None = None
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def batchify(ids: np.ndarray, batch: int) -> np.ndarray:
+    """1-D ids -> (n, batch): the stream cut into `batch` columns, the tail dropped."""
+    n = len(ids) // batch
+    if n < 2:
+        raise InputError(
+            f"{len(ids)} tokens are too few for batch size {batch}: each of the {batch} "
+            "streams needs at least 2 tokens; use more text or a smaller batch size"
+        )
+    return np.ascontiguousarray(ids[: n * batch].reshape(batch, n).T)
+
+
+def evaluate(model: Model, data: np.ndarray) -> float:
+    """Mean next-token cross-entropy (nats) over a batchified (n, B) array, with the state
+    carried down the columns from a zero state, as word_language_model evaluates."""
+    state, total, count = None, 0.0, 0
+    for i in range(0, data.shape[0] - 1, EVAL_WINDOW):
+        j = min(data.shape[0] - 1, i + EVAL_WINDOW)
+        scores, state = model.token_logprobs(data[i:j], data[i + 1 : j + 1], state)
+        total -= float(np.sum(scores, dtype=np.float64))
+        count += scores.size
+    return total / count
+
+
+def data_fingerprint(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A one-line progress bar on stderr: tokens/s, loss, perplexity, ETA. Drawn only on
+    a terminal; messages (epoch summaries, warnings) always go to the stream."""
+
+    def __init__(self, stream=None, enabled: bool | None = None, quiet: bool = False):
+        self.stream = stream if stream is not None else sys.stderr
+        tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.bar = (tty if enabled is None else enabled) and not quiet
+        self.quiet = quiet
+        self._last = 0.0
+        self._drawn = False
+
+    def message(self, text: str) -> None:
+        if self.quiet:
+            return
+        self._clear()
+        print(text, file=self.stream, flush=True)
+
+    def update(self, epoch, epochs, done, total, tokens_per_s, loss, eta_s) -> None:
+        now = time.monotonic()
+        if not self.bar or now - self._last < 0.25:
+            return
+        self._last = now
+        width = 24
+        filled = int(width * done / max(total, 1))
+        ppl = math.exp(min(loss, 50.0))
+        line = (
+            f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{100 * done / max(total, 1):3.0f}%  {tokens_per_s:,.0f} tok/s  loss {loss:.3f}  "
+            f"ppl {ppl:,.1f}  ETA {_clock(eta_s)}"
+        )
+        self.stream.write(line + "\033[K")
+        self.stream.flush()
+        self._drawn = True
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.stream.write("\r\033[K")
+            self._drawn = False
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return (
+        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    )
+
+
+# ---------------------------------------------------------------------------- training
+
+
+class _StopFlag:
+    """Ctrl-C asks the run to stop at the next window boundary (a window's update is never
+    left half done); a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def initial_parameters(config: ModelConfig, init_range: float, rng) -> dict[str, np.ndarray]:
+    """Every parameter uniform in +-init_range (Zaremba et al.), drawn in a fixed order."""
+    return {
+        name: rng.uniform(-init_range, init_range, size=shape).astype(np.float32)
+        for name, shape in config.parameter_shapes().items()
+    }
+
+
+class _Run:
+    """The mutable state of one training run: what a checkpoint holds."""
+
+    def __init__(self, model, optimizer, rng, hidden, epoch, window, best, bad, history, spent):
+        self.model, self.optimizer, self.rng = model, optimizer, rng
+        self.hidden: State | None = hidden
+        self.epoch, self.window = epoch, window
+        self.best_valid_loss = best  # over whole epochs: what the lr schedule looks at
+        self.best_saved_loss = best  # of the model in the output file (partial epochs too)
+        self.rollbacks = bad
+        self.history: list[dict] = history
+        self.spent_s = spent  # training seconds of earlier sessions of this run
+
+    def snapshot(self):
+        """An in-memory copy to roll back to when the loss turns non-finite."""
+        params = {n: a.copy() for n, a in self.model._params.items()}
+        opt_tensors, opt_values = self.optimizer.state()
+        return (
+            params,
+            {n: a.copy() for n, a in opt_tensors.items()},
+            dict(opt_values),
+            None
+            if self.hidden is None
+            else State(*(None if a is None else a.copy() for a in self.hidden)),
+            self.rng.bit_generator.state,
+            self.epoch,
+            self.window,
+        )
+
+    def restore(self, snap) -> None:
+        params, opt_tensors, opt_values, hidden, rng_state, epoch, window = snap
+
+        def put(p):
+            for name, a in params.items():
+                p[name][...] = a
+
+        self.model._apply_update(put)
+        lr = self.optimizer.lr
+        self.optimizer.load_state(opt_tensors, opt_values)
+        self.optimizer.lr = lr  # the caller lowers it
+        self.hidden = hidden
+        self.rng.bit_generator.state = rng_state
+        self.epoch, self.window = epoch, window
+
+
+def _training_state(run: _Run, config: TrainConfig, fingerprint: str) -> dict:
+    tensors, opt_values = run.optimizer.state()
+    tensors = dict(tensors)
+    if run.hidden is not None:
+        tensors["state.h"] = run.hidden.h
+        if run.hidden.c is not None:
+            tensors["state.c"] = run.hidden.c
+    values = {
+        "kind": "checkpoint",
+        "train_config": config.to_dict(),
+        "optimizer": opt_values,
+        "epoch": run.epoch,
+        "window": run.window,
+        "best_valid_loss": run.best_valid_loss,
+        "best_saved_loss": run.best_saved_loss,
+        "rollbacks": run.rollbacks,
+        "history": run.history,
+        "rng": json.dumps(run.rng.bit_generator.state),
+        "data": fingerprint,
+        "spent_s": run.spent_s,
+    }
+    return {"tensors": tensors, "values": values}
+
+
+def _metadata(run: _Run, config: TrainConfig, vocab: Vocabulary) -> dict:
+    from . import __version__
+
+    meta = {
+        "engine": f"rnnlm-engine {__version__}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "train_config": config.to_dict(),
+        "epochs_completed": len(run.history),
+        "history": run.history,
+    }
+    if math.isfinite(run.best_saved_loss):
+        meta["valid_loss"] = run.best_saved_loss
+        meta["valid_ppl"] = math.exp(min(run.best_saved_loss, 700.0))
+        if vocab.kind in ("char", "byte"):
+            meta["valid_bpc"] = run.best_saved_loss / math.log(2)
+    return meta
+
+
+def _save_model(path, model: Model, vocab, metadata, training=None) -> None:
+    modelfile.save(
+        path,
+        config=model.config,
+        tensors=model._parameters(),
+        vocab=vocab.to_dict(),
+        metadata=metadata,
+        training=training,
+    )
+
+
+def _resume(path, config: TrainConfig, vocab: Vocabulary, fingerprint: str, backend):
+    f = modelfile.load(path)
+    if f.training is None or f.training.get("values", {}).get("kind") != "checkpoint":
+        raise ModelFileError(f"{path}: not a training checkpoint (it holds no training state)")
+    values, tensors = f.training["values"], f.training["tensors"]
+    saved = TrainConfig.from_dict(values["train_config"])
+    differ = [
+        f"{k} ({getattr(saved, k)!r} in the checkpoint, {getattr(config, k)!r} now)"
+        for k in config.to_dict()
+        if k not in RESUMABLE_CHANGES and getattr(saved, k) != getattr(config, k)
+    ]
+    if differ:
+        raise ConfigError(
+            f"{path}: cannot resume with different settings: {', '.join(differ)}; only "
+            f"{', '.join(RESUMABLE_CHANGES)} may change"
+        )
+    if f.vocab is None or Vocabulary.from_dict(f.vocab) != vocab:
+        raise ConfigError(f"{path}: the checkpoint's vocabulary differs from this run's")
+    if values["data"] != fingerprint:
+        raise ConfigError(
+            f"{path}: the checkpoint was trained on other data (training and validation "
+            "tokens differ); resume with the same files"
+        )
+    model = Model.from_state_dict(
+        dict(f.tensors), cell=f.config.cell, tied=f.config.tied, backend=backend, vocab=vocab
+    )
+    optimizer = make_optimizer(
+        config.optimizer, model._k, config.lr, model.config.parameter_shapes()
+    )
+    optimizer.load_state(tensors, values["optimizer"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = json.loads(values["rng"])
+    hidden = None
+    if "state.h" in tensors:
+        hidden = State(
+            np.array(tensors["state.h"]),
+            np.array(tensors["state.c"]) if "state.c" in tensors else None,
+        )
+    run = _Run(
+        model,
+        optimizer,
+        rng,
+        hidden,
+        int(values["epoch"]),
+        int(values["window"]),
+        float(values["best_valid_loss"]),
+        int(values["rollbacks"]),
+        list(values["history"]),
+        float(values["spent_s"]),
+    )
+    run.best_saved_loss = float(values["best_saved_loss"])
+    return run
+
+
+def train(
+    train_ids,
+    valid_ids,
+    vocab: Vocabulary,
+    config: TrainConfig,
+    out,
+    *,
+    checkpoint=None,
+    resume=None,
+    progress: Progress | None = None,
+    backend: str | None = None,
+    extra_metadata: dict | None = None,
+) -> TrainResult:
+    """Train a model on token ids (1-D int arrays, encoded with `vocab`), validating on
+    valid_ids after each epoch. The best model is written to `out` (a model file);
+    checkpoints go to `checkpoint` (default: out + ".ckpt"; False: none at all, not even
+    on Ctrl-C or at the time limit). resume: a checkpoint to
+    continue from (same data and settings; epochs, max_time and checkpoint_every may
+    change). extra_metadata is added to the files' metadata. A run stopped by max_time
+    validates its last weights too (kept if better; the learning-rate schedule looks at
+    whole epochs only). Returns a TrainResult; raises TrainingDiverged, ConfigError,
+    InputError.
+    """
+    progress = progress or Progress()
+    out = Path(out)
+    if checkpoint is None:
+        checkpoint = out.with_name(out.name + ".ckpt")
+    checkpoint = None if checkpoint is False else Path(checkpoint)
+    train_ids = _as_ids(train_ids, "training", len(vocab))
+    valid_ids = _as_ids(valid_ids, "validation", len(vocab))
+    data = batchify(train_ids, config.batch_size)
+    valid = batchify(valid_ids, config.eval_batch_size)
+    fingerprint = data_fingerprint(train_ids, valid_ids)
+
+    if resume is not None:
+        run = _resume(resume, config, vocab, fingerprint, backend)
+        progress.message(
+            f"resumed {resume}: epoch {run.epoch}, window {run.window}, "
+            f"learning rate {run.optimizer.lr:g}"
+        )
+    else:
+        rng = np.random.default_rng(config.seed)
+        mconf = config.model_config(len(vocab))
+        params = initial_parameters(mconf, config.init_range, rng)
+        model = Model(mconf, params, backend=backend or "cpu", vocab=vocab)
+        optimizer = make_optimizer(config.optimizer, model._k, config.lr, mconf.parameter_shapes())
+        run = _Run(model, optimizer, rng, None, 1, 0, math.inf, 0, [], 0.0)
+
+    n_windows = len(range(0, data.shape[0] - 1, config.bptt))
+    session_start, spent_before = time.monotonic(), run.spent_s
+    last_checkpoint = session_start
+    stopped = "done"
+
+    def metadata() -> dict:
+        return _metadata(run, config, vocab) | (extra_metadata or {})
+
+    def validate_and_keep(entry: dict) -> bool:
+        """Validate, record in the history, write the model if it is the best so far."""
+        entry["valid_loss"] = evaluate(run.model, valid)
+        run.history.append(entry)
+        improved = entry["valid_loss"] < run.best_saved_loss
+        if improved:
+            run.best_saved_loss = entry["valid_loss"]
+            _save_model(out, run.model, vocab, metadata())
+        progress.message(_epoch_line(entry, vocab, improved))
+        return improved
+
+    def elapsed() -> float:  # training seconds of this run, earlier sessions included
+        return spent_before + time.monotonic() - session_start
+
+    def save_checkpoint() -> None:
+        nonlocal last_checkpoint
+        run.spent_s = elapsed()
+        if checkpoint is None:
+            return
+        _save_model(
+            checkpoint, run.model, vocab, metadata(), _training_state(run, config, fingerprint)
+        )
+        last_checkpoint = time.monotonic()
+
+    good = run.snapshot()
+    with _StopFlag() as stop:
+        while run.epoch <= config.epochs:
+            epoch_t0 = time.monotonic()
+            tokens, loss_sum, loss_n = 0, 0.0, 0
+            while run.window < n_windows:
+                if stop.requested or (config.max_time is not None and elapsed() >= config.max_time):
+                    stopped = "interrupted" if stop.requested else "max_time"
+                    break
+                i = run.window * config.bptt
+                seq = min(config.bptt, data.shape[0] - 1 - i)
+                inputs, targets = data[i : i + seq], data[i + 1 : i + 1 + seq]
+                masks = (
+                    run.model.dropout_masks(seq, config.batch_size, config.dropout, run.rng)
+                    if config.dropout > 0
+                    else None
+                )
+                # a diverging run overflows: detected below and said in plain words instead
+                with np.errstate(over="ignore", invalid="ignore"):
+                    loss, grads, hidden = run.model.loss_and_grad(
+                        inputs, targets, run.hidden, masks
+                    )
+                norm = clip_grad_norm(run.model._k, grads, config.clip) if config.clip > 0 else 0.0
+                if not (math.isfinite(loss) and math.isfinite(norm)):
+                    _roll_back(run, good, progress, loss, config)
+                    continue
+                run.model._apply_update(lambda p, g=grads: run.optimizer.step(p, g))
+                run.hidden = hidden
+                run.window += 1
+                tokens += inputs.size
+                loss_sum += loss * inputs.size
+                loss_n += inputs.size
+                dt = time.monotonic() - epoch_t0
+                rate = tokens / dt if dt > 0 else 0.0
+                left = (n_windows - run.window) * config.batch_size * config.bptt
+                progress.update(
+                    run.epoch,
+                    config.epochs,
+                    run.window,
+                    n_windows,
+                    rate,
+                    loss_sum / loss_n,
+                    left / rate if rate > 0 else math.inf,
+                )
+                if config.checkpoint_every > 0 and (
+                    time.monotonic() - last_checkpoint >= 60.0 * config.checkpoint_every
+                ):
+                    save_checkpoint()
+                    good = run.snapshot()
+            if stopped != "done":
+                break
+            # end of epoch: validate, keep the best, schedule the learning rate
+            run.model._check_bounds()
+            train_s = time.monotonic() - epoch_t0
+            entry = _entry(run, loss_sum, loss_n, tokens, train_s)
+            validate_and_keep(entry)
+            improved = entry["valid_loss"] < run.best_valid_loss
+            run.best_valid_loss = min(run.best_valid_loss, entry["valid_loss"])
+            if (config.decay_start is None and not improved) or (
+                config.decay_start is not None and run.epoch >= config.decay_start
+            ):
+                run.optimizer.lr *= config.lr_decay
+            run.epoch += 1
+            run.window = 0
+            run.hidden = None
+            run.rollbacks = 0
+            save_checkpoint()
+            good = run.snapshot()
+        if stopped == "max_time" and loss_n > 0:
+            run.model._check_bounds()
+            entry = _entry(run, loss_sum, loss_n, tokens, time.monotonic() - epoch_t0)
+            entry["partial"] = True
+            validate_and_keep(entry)
+        if stopped != "done":
+            save_checkpoint()
+            why = "Ctrl-C" if stopped == "interrupted" else "time limit"
+            progress.message(
+                f"stopped ({why}) at epoch {run.epoch}, window {run.window}/{n_windows}"
+                + (
+                    f"; checkpoint written to {checkpoint}: continue with --resume {checkpoint}"
+                    if checkpoint is not None
+                    else ""
+                )
+            )
+    return TrainResult(
+        run.best_saved_loss,
+        len(run.history),
+        stopped,
+        run.history,
+        out if math.isfinite(run.best_saved_loss) else None,
+        checkpoint,
+    )
+
+
+def _entry(run: _Run, loss_sum: float, loss_n: int, tokens: int, seconds: float) -> dict:
+    return {
+        "epoch": run.epoch,
+        "lr": run.optimizer.lr,
+        "train_loss": loss_sum / max(loss_n, 1),
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def _roll_back(run: _Run, good, progress: Progress, loss: float, config: TrainConfig) -> None:
+    run.rollbacks += 1
+    where = f"epoch {run.epoch}, window {run.window}"
+    if run.rollbacks > MAX_ROLLBACKS:
+        raise TrainingDiverged(
+            f"training diverged: the loss became {loss} at {where}, {MAX_ROLLBACKS} times in "
+            f"a row after rolling back and lowering the learning rate (now "
+            f"{run.optimizer.lr:g}); start again with a lower --lr, a smaller --clip or "
+            f"--init-range"
+        )
+    old = run.optimizer.lr
+    run.restore(good)
+    run.optimizer.lr = old * 0.5
+    progress.message(
+        f"the loss became {loss} at {where}: rolled back to epoch {run.epoch}, window "
+        f"{run.window} and lowered the learning rate from {old:g} to {run.optimizer.lr:g}"
+    )
+
+
+def _epoch_line(entry: dict, vocab: Vocabulary, improved: bool) -> str:
+    v = entry["valid_loss"]
+    extra = f", {v / math.log(2):.3f} bits/char" if vocab.kind in ("char", "byte") else ""
+    partial = " (partial)" if entry.get("partial") else ""
+    return (
+        f"epoch {entry['epoch']}{partial}: train loss {entry['train_loss']:.3f}, "
+        f"valid loss {v:.3f} "
+        f"(perplexity {math.exp(min(v, 700.0)):.2f}{extra}), lr {entry['lr']:g}, "
+        f"{entry['seconds']:.0f} s, {entry['tokens_per_s'] or 0:,.0f} tokens/s"
+        + ("  [best so far: saved]" if improved else "")
+    )
+
+
+def _as_ids(ids, what: str, vocab_size: int) -> np.ndarray:
+    a = np.asarray(ids)
+    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+        raise InputError(f"{what} ids must be a 1-D integer array; got {a.dtype} {a.shape}")
+    if a.size and (a.min() < 0 or a.max() >= vocab_size):
+        raise InputError(f"{what} ids must lie in [0, {vocab_size})")
+    return a.astype(np.int64, copy=False)

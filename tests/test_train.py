@@ -1,0 +1,230 @@
+"""Training: the loss goes down, Ctrl-C and resume give the uninterrupted result bit for
+bit, non-finite losses roll back, checkpoints refuse the wrong data or settings."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import rnnlm_engine.kernels.cpu as kc
+from rnnlm_engine import modelfile, oracle
+from rnnlm_engine.errors import ConfigError, InputError
+from rnnlm_engine.model import Model, load
+from rnnlm_engine.optim import Adam, clip_grad_norm
+from rnnlm_engine.train import (
+    Progress,
+    TrainConfig,
+    TrainingDiverged,
+    batchify,
+    evaluate,
+    train,
+)
+from rnnlm_engine.vocab import Vocabulary
+
+# a small text with structure worth learning: words from a tiny grammar
+WORDS = ["the cat", "a dog", "the bird", "my fish"]
+VERBS = ["sees", "likes", "chases", "hears"]
+
+
+def corpus(n_lines: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    lines = [
+        f"{WORDS[rng.integers(4)]} {VERBS[rng.integers(4)]} {WORDS[rng.integers(4)]} ."
+        for _ in range(n_lines)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def small_config(**changes) -> TrainConfig:
+    base = dict(
+        cell="lstm", emb_size=12, hidden_size=16, num_layers=2, optimizer="adam", lr=0.01,
+        clip=1.0, epochs=3, batch_size=4, bptt=9, eval_batch_size=3, seed=3,
+        checkpoint_every=0.0, dropout=0.1,
+    )  # fmt: skip
+    return TrainConfig(**(base | changes))
+
+
+@pytest.fixture(scope="module")
+def data():
+    text = corpus(300, 0)
+    vocab = Vocabulary.build(text, "char")
+    return vocab, vocab.encode(text), vocab.encode(corpus(40, 1))
+
+
+class Silent(Progress):
+    """Progress that records messages instead of printing them."""
+
+    def __init__(self):
+        super().__init__(enabled=False)
+        self.messages: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+class CtrlCAt(Silent):
+    """Presses Ctrl-C (a real SIGINT to this process) after the given window count."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after, self.count = after, 0
+
+    def update(self, *args) -> None:
+        self.count += 1
+        if self.count == self.after:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def weights(path) -> dict[str, np.ndarray]:
+    return dict(modelfile.load(path).tensors)
+
+
+def test_batchify_cuts_the_stream_into_columns():
+    ids = np.arange(11)
+    np.testing.assert_array_equal(batchify(ids, 2), [[0, 5], [1, 6], [2, 7], [3, 8], [4, 9]])
+    with pytest.raises(InputError, match="too few for batch size 8"):
+        batchify(ids, 8)
+
+
+def test_training_lowers_the_loss_and_keeps_the_best_model(data, tmp_path):
+    vocab, train_ids, valid_ids = data
+    out = tmp_path / "m.rnnlm"
+    result = train(train_ids, valid_ids, vocab, small_config(), out, progress=Silent())
+    losses = [e["valid_loss"] for e in result.history]
+    assert result.stopped == "done" and len(losses) == 3
+    assert losses[-1] < losses[0] < math.log(len(vocab))  # better than uniform, and learning
+    model = load(out)
+    assert model.vocab == vocab
+    assert model.metadata["valid_loss"] == pytest.approx(min(losses))
+    # the saved model scores the validation text as training measured it
+    assert evaluate(model, batchify(valid_ids, 3)) == pytest.approx(min(losses), rel=1e-6)
+
+
+def test_ctrl_c_then_resume_ends_with_the_same_weights_bit_for_bit(data, tmp_path):
+    vocab, train_ids, valid_ids = data
+    config = small_config()
+    full = train(train_ids, valid_ids, vocab, config, tmp_path / "a.rnnlm", progress=Silent())
+    assert full.stopped == "done"
+
+    # windows per epoch: 1 + (len(train) // 4 - 2) // 9; stop in the middle of epoch 2
+    press = CtrlCAt(after=(len(train_ids) // 4 - 1) // 9 + 7)
+    part = train(train_ids, valid_ids, vocab, config, tmp_path / "b.rnnlm", progress=press)
+    assert part.stopped == "interrupted"
+    assert any("continue with --resume" in m for m in press.messages)
+    ckpt = tmp_path / "b.rnnlm.ckpt"
+    assert modelfile.load(ckpt).training["values"]["window"] > 0  # mid-epoch
+    rest = train(train_ids, valid_ids, vocab, config, tmp_path / "b.rnnlm", resume=ckpt,
+                 progress=Silent())  # fmt: skip
+    assert rest.stopped == "done"
+    a, b = weights(tmp_path / "a.rnnlm.ckpt"), weights(ckpt)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    a_best, b_best = weights(tmp_path / "a.rnnlm"), weights(tmp_path / "b.rnnlm")
+    for name in a_best:
+        np.testing.assert_array_equal(a_best[name], b_best[name], err_msg=name)
+    assert [e["valid_loss"] for e in full.history] == [e["valid_loss"] for e in rest.history]
+
+
+def test_resume_refuses_other_settings_or_data(data, tmp_path):
+    vocab, train_ids, valid_ids = data
+    config = small_config(epochs=1)
+    out = tmp_path / "m.rnnlm"
+    train(train_ids, valid_ids, vocab, config, out, progress=Silent())
+    ckpt = tmp_path / "m.rnnlm.ckpt"
+    with pytest.raises(ConfigError, match=r"different settings: lr \(0.01 in the checkpoint"):
+        train(train_ids, valid_ids, vocab, small_config(epochs=2, lr=0.02), out, resume=ckpt,
+              progress=Silent())  # fmt: skip
+    with pytest.raises(ConfigError, match="other data"):
+        train(train_ids[:-5], valid_ids, vocab, small_config(epochs=2), out, resume=ckpt,
+              progress=Silent())  # fmt: skip
+    # more epochs may be asked for
+    more = train(train_ids, valid_ids, vocab, small_config(epochs=2), out, resume=ckpt,
+                 progress=Silent())  # fmt: skip
+    assert [e["epoch"] for e in more.history] == [1, 2]
+
+
+def test_a_non_finite_loss_rolls_back_and_lowers_the_learning_rate(data, tmp_path, monkeypatch):
+    vocab, train_ids, valid_ids = data
+    calls = {"n": 0}
+    real = Model.loss_and_grad
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        loss, grads, state = real(self, *args, **kwargs)
+        return (math.nan if calls["n"] == 5 else loss), grads, state
+
+    monkeypatch.setattr(Model, "loss_and_grad", flaky)
+    progress = Silent()
+    result = train(train_ids, valid_ids, vocab, small_config(epochs=1), tmp_path / "m",
+                   progress=progress)  # fmt: skip
+    said = [m for m in progress.messages if "rolled back" in m]
+    assert len(said) == 1
+    assert "the loss became nan at epoch 1, window 4" in said[0]
+    assert "lowered the learning rate from 0.01 to 0.005" in said[0]
+    assert result.stopped == "done" and result.history[0]["lr"] == 0.005
+
+
+def test_a_loss_that_stays_non_finite_stops_with_a_diagnosis(data, tmp_path):
+    vocab, train_ids, valid_ids = data
+    config = small_config(optimizer="sgd", lr=1e30, clip=0.0, init_range=1.0)
+    with pytest.raises(TrainingDiverged, match="training diverged.*lower --lr"):
+        train(train_ids, valid_ids, vocab, config, tmp_path / "m", progress=Silent())
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(cell="tree"), "cell must be one of"),
+        (dict(optimizer="lbfgs"), "optimizer must be one of"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+        (dict(lr=-1.0), "lr must be a positive number"),
+        (dict(batch_size=0), "batch_size must be a positive integer"),
+        (dict(tied=True, emb_size=5), "tied weights need emb_size == hidden_size"),
+        (dict(lr_decay=0.0), r"lr_decay must be in \(0, 1\]"),
+    ],
+)
+def test_bad_settings_are_refused(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        small_config(**changes)
+
+
+def test_clip_grad_norm_matches_pytorch_semantics():
+    rng = np.random.default_rng(0)
+    grads = {
+        "a": rng.standard_normal((3, 4)).astype(np.float32),
+        "b": rng.standard_normal(7).astype(np.float32),
+    }
+    want_norm = oracle.global_norm(list(grads.values()))
+    factor = oracle.clip_scale(want_norm, 0.5)
+    expected = {n: g.astype(np.float64) * factor for n, g in grads.items()}
+    norm = clip_grad_norm(kc, grads, 0.5)
+    assert norm == pytest.approx(want_norm, rel=1e-12)
+    for n in grads:
+        np.testing.assert_allclose(grads[n], expected[n], rtol=1e-6)
+    before = {n: g.copy() for n, g in grads.items()}
+    clip_grad_norm(kc, grads, 1e9)  # under the limit: untouched
+    for n in grads:
+        np.testing.assert_array_equal(grads[n], before[n])
+
+
+def test_adam_class_matches_the_oracle_over_steps():
+    rng = np.random.default_rng(1)
+    shapes = {"w": (4, 3), "b": (5,)}
+    params = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    p64 = {n: a.astype(np.float64) for n, a in params.items()}
+    m64 = {n: np.zeros(s) for n, s in shapes.items()}
+    v64 = {n: np.zeros(s) for n, s in shapes.items()}
+    opt = Adam(kc, 0.01, shapes)
+    for step in range(1, 4):
+        grads = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+        opt.step(params, grads)
+        for n in shapes:
+            p64[n], m64[n], v64[n] = oracle.adam_update(
+                p64[n], grads[n].astype(np.float64), m64[n], v64[n], 0.01, 0.9, 0.999, 1e-8, step
+            )
+    for n in shapes:
+        np.testing.assert_allclose(params[n], p64[n], rtol=1e-5, atol=1e-6)
