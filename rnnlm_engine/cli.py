@@ -92,13 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="decay the lr after every epoch from this one (default: on plateaus)",
     )
     t.add_argument("--clip", type=float, default=0.25, help="global gradient norm (0: off)")
-    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--epochs", type=int, default=None, help="default 40 (resume: as before)")
     t.add_argument("--max-time", type=_seconds, default=None, metavar="DURATION")
     t.add_argument("--batch-size", type=int, default=20)
     t.add_argument("--bptt", type=int, default=35)
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--checkpoint", metavar="PATH", help="default: MODEL.ckpt")
-    t.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MINUTES")
+    t.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="default 10 (resume: as before)",
+    )
     t.add_argument("--resume", metavar="CKPT", help="continue an interrupted run")
     t.set_defaults(func=cmd_train)
 
@@ -180,15 +186,13 @@ def cmd_train(args) -> int:
         values = (f.training or {}).get("values", {})
         if values.get("kind") != "checkpoint":
             raise InputError(f"{args.resume}: not a training checkpoint")
-        saved = values["train_config"]
-        config = TrainConfig.from_dict(
-            saved
-            | {
-                "epochs": args.epochs,
-                "max_time": args.max_time,
-                "checkpoint_every": args.checkpoint_every,
-            }
-        )
+        # the run's settings, except those given again (max_time: none unless given)
+        changes = {"max_time": args.max_time}
+        if args.epochs is not None:
+            changes["epochs"] = args.epochs
+        if args.checkpoint_every is not None:
+            changes["checkpoint_every"] = args.checkpoint_every
+        config = TrainConfig.from_dict(values["train_config"] | changes)
         cli = f.metadata.get("cli", {})
         args.train = args.train or cli.get("train")
         args.valid = args.valid or cli.get("valid")
@@ -218,12 +222,12 @@ def cmd_train(args) -> int:
             lr_decay=args.lr_decay,
             decay_start=args.decay_start,
             clip=args.clip,
-            epochs=args.epochs,
+            epochs=40 if args.epochs is None else args.epochs,
             max_time=args.max_time,
             batch_size=args.batch_size,
             bptt=args.bptt,
             seed=args.seed,
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=10.0 if args.checkpoint_every is None else args.checkpoint_every,
         )
     ids = vocab.encode(text)
     if args.valid:

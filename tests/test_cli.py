@@ -54,6 +54,9 @@ def test_resume_from_the_checkpoint_alone(corpus, tmp_path, capsys):
     """--resume finds the data files and settings in the checkpoint; more epochs run."""
     out = tmp_path / "m.rnnlm"
     assert run(["train", "--train", corpus, "--out", out, *TRAIN], capsys)[0] == 0
+    # without --epochs the run keeps its own (2, all done): nothing more to train
+    assert run(["train", "--out", out, "--resume", f"{out}.ckpt", "--quiet"], capsys)[0] == 0
+    assert load(f"{out}.ckpt").metadata["epochs_completed"] == 2
     code, _, err = run(
         ["train", "--out", out, "--resume", f"{out}.ckpt", "--epochs", "3", "--quiet"], capsys
     )

@@ -1209,3 +1209,38 @@ def test_dropout_masks_are_validated():
         model.loss_and_grad(ids, ids, dropout_masks=bad)
     with pytest.raises(InputError, match=r"dropout probability must be in \[0, 1\)"):
         model.dropout_masks(3, 2, 1.0, np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------------------- files
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("tied", [False, True])
+def test_save_then_load_gives_the_same_model(cell, tied, tmp_path):
+    from rnnlm_engine.model import load
+    from rnnlm_engine.vocab import Vocabulary
+
+    config = ModelConfig(cell, 6, 5, 5, 2, tied=tied)
+    sd = random_state_dict(config, np.random.default_rng(31))
+    vocab = Vocabulary.build("abcde\n", "char")
+    model = Model.from_state_dict(sd, cell=cell, tied=tied, vocab=vocab)
+    model.save(tmp_path / "m.rnnlm", metadata={"note": "hello"})
+    again = load(tmp_path / "m.rnnlm")
+    assert again.config == model.config and again.vocab == vocab
+    assert again.metadata == {"note": "hello"}
+    for name, a in model.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[name], a, err_msg=name)
+    ids = np.arange(6).reshape(3, 2)
+    np.testing.assert_array_equal(again.forward(ids)[0], model.forward(ids)[0])
+
+
+def test_load_reports_weights_the_model_refuses_as_a_file_error(tmp_path):
+    from rnnlm_engine import modelfile
+    from rnnlm_engine.model import load
+
+    config = ModelConfig("rnn", 20, 6, 6, 1)
+    sd = {k: np.ones(shape, np.float32) for k, shape in config.parameter_shapes().items()}
+    sd["decoder.weight"][:] = 3e38  # finite, but the logits would overflow float32
+    modelfile.save(tmp_path / "big.rnnlm", config=config, tensors=sd)
+    with pytest.raises(ModelFileError, match=r"big.rnnlm: parameters 'decoder.weight'"):
+        load(tmp_path / "big.rnnlm")
