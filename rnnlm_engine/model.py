@@ -96,6 +96,8 @@ class Model:
         self._ws = _Workspace()
         self._input_table: np.ndarray | None = None
         self._input_table_lock = threading.Lock()
+        self._stream_weights: dict | None = None
+        self._fingerprint: str | None = None
         # a second copy of each recurrent matrix, in the layout the cell forward prefers
         self._w_hh_forward = []
         for layer in range(config.num_layers):
@@ -199,6 +201,8 @@ class Model:
                 w[...] = self._params[f"rnn.weight_hh_l{layer}"]
             with self._input_table_lock:
                 self._input_table = None
+                self._stream_weights = None
+                self._fingerprint = None
         finally:
             for a in arrays:
                 a.flags.writeable = False
@@ -370,6 +374,76 @@ class Model:
             if masks is not None:  # into a copy: the cell's backward needs hs itself
                 x = k.multiply(x, masks[layer + 1], out=self._work(f"dropped{layer}", x.shape))
         return x, State(h_final, c_final)
+
+    def stream(self):
+        """A new Stream: feed tokens one at a time, get next-token probabilities."""
+        from .stream import Stream
+
+        return Stream(self)
+
+    def fingerprint(self) -> str:
+        """A digest of the config and every weight: equal models, equal fingerprints
+        (snapshots of one model's streams are refused by another)."""
+        if self._fingerprint is None:
+            import hashlib
+
+            h = hashlib.sha256(repr(sorted(self._config.to_dict().items())).encode())
+            for name in sorted(self._params):
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(self._k.to_host(self._params[name])).tobytes())
+            self._fingerprint = h.hexdigest()[:32]
+        return self._fingerprint
+
+    def _step(self, ids: np.ndarray, h: np.ndarray, c: np.ndarray | None):
+        """One streaming step for N streams: ids (N,) int64 (checked by the caller), state
+        h, c (L, N, H) -> (new h, new c, logprobs (N, V)), all fresh arrays: the state
+        given is never modified."""
+        k, cfg = self._k, self._config
+        w = self._streaming_weights()
+        N = ids.shape[0]
+        L, H, G, V = cfg.num_layers, cfg.hidden_size, cfg.gate_rows, cfg.vocab_size
+        c_in = c if c is not None else self._work("stream_c0", (L, N, H))
+        h_out = k.empty((L, N, H), np.float32)
+        c_out = k.empty((L, N, H), np.float32)
+        logprobs = k.empty((N, V), np.float32)
+        k.stream_step(
+            k.STREAM_CELLS[cfg.cell], ids, w["table"], w["emb"], w["w_ih0"], w["w_ih"],
+            w["b_ih"], w["w_hh"], w["b_hh"], w["w_dec"], w["b_dec"], h, c_in, h_out, c_out,
+            self._work("stream_gx", (N, G)), self._work("stream_gh", (N, G)),
+            self._work("stream_x0", (N, cfg.emb_size)), self._work("stream_logits", (N, V)),
+            logprobs,
+        )  # fmt: skip
+        return h_out, (c_out if c is not None else None), logprobs
+
+    def _streaming_weights(self) -> dict:
+        """The weights stacked as the streaming kernel takes them (built once)."""
+        if self._stream_weights is None:
+            with self._input_table_lock:
+                built = self._stream_weights
+            if built is None:
+                k, p, c = self._k, self._params, self._config
+                L, G, H = c.num_layers, c.gate_rows, c.hidden_size
+                table = self._layer0_table()
+                w_ih = k.empty((max(L - 1, 0), G, H), np.float32)
+                for layer in range(1, L):
+                    w_ih[layer - 1] = p[f"rnn.weight_ih_l{layer}"]
+                built = {
+                    "table": table if table is not None else k.empty((0, G), np.float32),
+                    "emb": p["encoder.weight"],
+                    "w_ih0": p["rnn.weight_ih_l0"],
+                    "w_ih": w_ih,
+                    "b_ih": np.stack([p[f"rnn.bias_ih_l{i}"] for i in range(L)]),
+                    "w_hh": np.stack([p[f"rnn.weight_hh_l{i}"] for i in range(L)]),
+                    "b_hh": np.stack([p[f"rnn.bias_hh_l{i}"] for i in range(L)]),
+                    "w_dec": p["encoder.weight" if c.tied else "decoder.weight"],
+                    "b_dec": p["decoder.bias"],
+                }
+                for a in built.values():
+                    a.flags.writeable = False
+                with self._input_table_lock:
+                    if self._stream_weights is None:
+                        self._stream_weights = built
+        return self._stream_weights
 
     def _layer0_table(self):
         """The (V, G) table of layer 0's input projection for every token, or None when

@@ -7,6 +7,7 @@ validates its input (``rnnlm_engine.model`` does, before any kernel runs).
 import numpy as np
 
 from ._jit import (
+    STREAM_CELLS,
     adam_update,
     embedding_backward,
     embedding_forward,
@@ -14,6 +15,7 @@ from ._jit import (
     row_max,
     scale_inplace,
     sgd_update,
+    stream_step,
     sum_of_squares,
     xent_block,
     xent_finish,
@@ -168,6 +170,8 @@ __all__ = [
     "row_shift",
     "scale_inplace",
     "sgd_update",
+    "STREAM_CELLS",
+    "stream_step",
     "sum_of_squares",
     "to_device",
     "to_host",

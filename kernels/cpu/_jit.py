@@ -393,6 +393,101 @@ def xent_finish(m, s, target_logit, nll):
         nll[n] = m[n] + np.log(s[n]) - target_logit[n]
 
 
+# ---------------------------------------------------------------------------- streaming
+# One time step for N independent streams (one token each), the whole model in one call:
+# layer 0's input projection, every layer, the decoder and the log-softmax, with no Python
+# in between. Matrix-vector products are hand-written dots (a row of W against each
+# stream's vector: every weight is read once per step whatever N is); the parallel loops
+# run over weight rows. Shapes: ids (N,) int64; table (V, G) layer 0's input projection
+# with b_ih0 (or (0, G) to compute it from emb (V, E) and w_ih0 (G, E)); w_ih (L - 1, G, H)
+# for layers 1.. ; b_ih, b_hh (L, G); w_hh (L, G, H); w_dec (V, H), b_dec (V,); h_in,
+# c_in (L, N, H) read; h_out, c_out (L, N, H) written (never the same arrays: a stream's
+# state changes only when the whole step has run); gx, gh (N, G) scratch; logits (N, V)
+# scratch; out (N, V) log-probabilities. cell: 0 rnn, 1 gru, 2 lstm.
+
+STREAM_CELLS = {"rnn": 0, "gru": 1, "lstm": 2}
+
+
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy", inline="always")
+def _dot(w, x):
+    acc = np.float32(0.0)
+    for k in range(w.shape[0]):
+        acc += w[k] * x[k]
+    return acc
+
+
+@njit(parallel=True, fastmath=True, nogil=True, cache=True, error_model="numpy")
+def _stream_products(w, x, bias, out):
+    """out (N, G) = x (N, K) @ w (G, K)^T + bias (G,), in parallel over the rows of w."""
+    G = w.shape[0]
+    N = x.shape[0]
+    for g in prange(G):
+        row = w[g]
+        for n in range(N):
+            out[n, g] = bias[g] + _dot(row, x[n])
+
+
+@njit(parallel=True, fastmath=True, nogil=True, cache=True, error_model="numpy")
+def _stream_cell(cell, gx, gh, h_prev, c_prev, h_new, c_new):
+    N, H = h_new.shape
+    one = np.float32(1.0)
+    for n in prange(N):
+        for j in range(H):
+            if cell == 2:
+                i = _sigmoid(gx[n, j] + gh[n, j])
+                f = _sigmoid(gx[n, H + j] + gh[n, H + j])
+                g = _tanh(gx[n, 2 * H + j] + gh[n, 2 * H + j])
+                o = _sigmoid(gx[n, 3 * H + j] + gh[n, 3 * H + j])
+                c = f * c_prev[n, j] + i * g
+                c_new[n, j] = c
+                h_new[n, j] = o * _tanh(c)
+            elif cell == 1:
+                r = _sigmoid(gx[n, j] + gh[n, j])
+                z = _sigmoid(gx[n, H + j] + gh[n, H + j])
+                nn = _tanh(gx[n, 2 * H + j] + r * gh[n, 2 * H + j])
+                h_new[n, j] = (one - z) * nn + z * h_prev[n, j]
+            else:
+                h_new[n, j] = _tanh(gx[n, j] + gh[n, j])
+
+
+@njit(parallel=True, fastmath=True, nogil=True, cache=True, error_model="numpy")
+def _stream_log_softmax(logits, out):
+    N, V = logits.shape
+    for n in prange(N):
+        m = logits[n, 0]
+        for v in range(1, V):
+            m = max(m, logits[n, v])
+        s = np.float32(0.0)
+        for v in range(V):
+            s += _exp(logits[n, v] - m)
+        lse = m + np.log(s)
+        for v in range(V):
+            out[n, v] = logits[n, v] - lse
+
+
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
+def stream_step(
+    cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
+    h_in, c_in, h_out, c_out, gx, gh, x0, logits, out,
+):  # fmt: skip
+    L = w_hh.shape[0]
+    N = ids.shape[0]
+    if table.shape[0] > 0:
+        for n in range(N):
+            gx[n, :] = table[ids[n]]
+    else:
+        for n in range(N):
+            x0[n, :] = emb[ids[n]]
+        _stream_products(w_ih0, x0, b_ih[0], gx)
+    for layer in range(L):
+        if layer > 0:
+            _stream_products(w_ih[layer - 1], h_out[layer - 1], b_ih[layer], gx)
+        _stream_products(w_hh[layer], h_in[layer], b_hh[layer], gh)
+        _stream_cell(cell, gx, gh, h_in[layer], c_in[layer], h_out[layer], c_out[layer])
+    _stream_products(w_dec, h_out[L - 1], b_dec, logits)
+    _stream_log_softmax(logits, out)
+
+
 # ---------------------------------------------------------------------------- optimizer
 # Flat (1-D, contiguous) views of parameters and gradients.
 

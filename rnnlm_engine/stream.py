@@ -1,0 +1,338 @@
+"""Streams: feed tokens one at a time, read next-token probabilities, sample, snapshot.
+
+A Stream owns its recurrent state; the Model it reads is immutable and may serve any
+number of Streams in any number of threads (one Stream is not shared between threads:
+``fork()`` it). Every step is one call of the backend's ``stream_step`` kernel (embedding,
+every layer, decoder and log-softmax together), so feeding a chunk gives exactly what
+feeding its tokens one at a time gives. A call that fails leaves the Stream as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+
+from .errors import InputError, VocabularyError
+
+SNAPSHOT_FORMAT = "rnnlm-engine stream state"
+SNAPSHOT_VERSION = 1
+# a snapshot's bytes are bounded like a model file's header: nothing unbounded is unpacked
+_MAX_SNAPSHOT_BYTES = 1 << 30
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """An immutable copy of a Stream's state: the recurrent state, the log-probabilities
+    of the next token (None before the first token), and every token fed so far.
+
+    ``to_bytes()`` / ``Snapshot.from_bytes()`` serialise it (msgpack, versioned);
+    ``Stream.restore`` refuses a snapshot of another model."""
+
+    model: str  # the model's fingerprint
+    h: np.ndarray  # (L, H) float32, read-only
+    c: np.ndarray | None
+    logprobs: np.ndarray | None  # (V,) float32, read-only
+    tokens: tuple[int, ...]
+    version: int = SNAPSHOT_VERSION
+
+    def to_bytes(self) -> bytes:
+        def blob(a):
+            return None if a is None else np.ascontiguousarray(a, "<f4").tobytes()
+
+        return msgpack.packb(
+            {
+                "format": SNAPSHOT_FORMAT,
+                "version": self.version,
+                "model": self.model,
+                "shape": list(self.h.shape),
+                "vocab": None if self.logprobs is None else int(self.logprobs.shape[0]),
+                "h": blob(self.h),
+                "c": blob(self.c),
+                "logprobs": blob(self.logprobs),
+                "tokens": list(self.tokens),
+            },
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Snapshot:
+        """Raises InputError naming the defect for anything but a valid snapshot."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InputError(f"a snapshot is bytes; got {type(data).__name__}")
+        if len(data) > _MAX_SNAPSHOT_BYTES:
+            raise InputError("snapshot too large")
+        try:
+            n = len(data)  # nothing inside can be longer than the whole
+            d = msgpack.unpackb(
+                bytes(data), raw=False, strict_map_key=True, max_bin_len=n, max_str_len=n,
+                max_array_len=n, max_map_len=64, max_ext_len=0,
+            )  # fmt: skip
+        except Exception as e:  # msgpack raises several types on bad bytes
+            raise InputError(f"not a stream snapshot ({type(e).__name__})") from None
+        if not isinstance(d, dict) or d.get("format") != SNAPSHOT_FORMAT:
+            raise InputError("not a stream snapshot")
+        if d.get("version") != SNAPSHOT_VERSION:
+            raise InputError(
+                f"stream snapshot version {d.get('version')!r}; this engine reads version "
+                f"{SNAPSHOT_VERSION}"
+            )
+        try:
+            L, H = (int(x) for x in d["shape"])
+            vocab = d["vocab"]
+            tokens = tuple(int(t) for t in d["tokens"])
+            model = str(d["model"])
+
+            def array(key, shape):
+                b = d[key]
+                if b is None:
+                    return None
+                a = np.frombuffer(b, "<f4").reshape(shape).astype(np.float32)
+                a.flags.writeable = False
+                return a
+
+            h = array("h", (L, H))
+            c = array("c", (L, H))
+            logprobs = array("logprobs", (int(vocab),)) if vocab is not None else None
+        except Exception as e:
+            raise InputError(f"malformed stream snapshot ({type(e).__name__}: {e})") from None
+        if h is None or any(t < 0 for t in tokens):
+            raise InputError("malformed stream snapshot")
+        return cls(model, h, c, logprobs, tokens)
+
+
+class Stream:
+    """Stateful next-token prediction over one Model. Build one with ``model.stream()``."""
+
+    def __init__(self, model):
+        self._model = model
+        self._vocab = model.vocab
+        self._rng = np.random.default_rng()
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+
+    def reset(self) -> None:
+        """Back to the start: zero state, nothing fed."""
+        c = self._model.config
+        shape = (c.num_layers, 1, c.hidden_size)
+        self._h = np.zeros(shape, np.float32)
+        self._c = np.zeros(shape, np.float32) if c.cell == "lstm" else None
+        self._logprobs: np.ndarray | None = None
+        self._tokens: list[int] = []
+
+    def snapshot(self) -> Snapshot:
+        def frozen(a):
+            if a is None:
+                return None
+            a = a.copy()
+            a.flags.writeable = False
+            return a
+
+        return Snapshot(
+            self._model.fingerprint(),
+            frozen(self._h[:, 0]),
+            frozen(None if self._c is None else self._c[:, 0]),
+            frozen(self._logprobs),
+            tuple(self._tokens),
+        )
+
+    def restore(self, snapshot: Snapshot | bytes) -> None:
+        """Continue from a snapshot of a stream of this same model."""
+        if not isinstance(snapshot, Snapshot):
+            snapshot = Snapshot.from_bytes(snapshot)
+        if snapshot.model != self._model.fingerprint():
+            raise InputError(
+                "this snapshot comes from another model (its weights or config differ); "
+                "restore it into a stream of the model that made it"
+            )
+        c = self._model.config
+        if snapshot.h.shape != (c.num_layers, c.hidden_size) or (
+            (snapshot.c is None) != (c.cell != "lstm")
+        ):
+            raise InputError("the snapshot's state does not fit this model")
+        if snapshot.logprobs is not None and snapshot.logprobs.shape != (c.vocab_size,):
+            raise InputError("the snapshot's log-probabilities do not fit this model")
+        self._h = np.array(snapshot.h[:, None, :])
+        self._c = None if snapshot.c is None else np.array(snapshot.c[:, None, :])
+        self._logprobs = None if snapshot.logprobs is None else np.array(snapshot.logprobs)
+        self._tokens = list(snapshot.tokens)
+
+    def fork(self) -> Stream:
+        """An independent copy of this stream (for another thread, or another branch)."""
+        other = Stream(self._model)
+        other.restore(self.snapshot())
+        return other
+
+    @property
+    def tokens(self) -> tuple[int, ...]:
+        """Ids of every token fed so far."""
+        return tuple(self._tokens)
+
+    # ------------------------------------------------------------------ feeding
+
+    def feed(self, text_or_ids) -> np.ndarray:
+        """Advance over the tokens of a text (encoded with the model's vocabulary) or of a
+        sequence of ids; returns the log-probabilities (V,) float32 of the next token."""
+        ids = self._ids(text_or_ids)
+        h, c = self._h, self._c
+        logprobs = None
+        for i in ids:
+            h, c, logprobs = self._model._step(np.array([i], np.int64), h, c)
+        # only now, after every step ran: a failed call changes nothing
+        self._h, self._c = h, c
+        self._logprobs = logprobs[0]
+        self._tokens.extend(int(i) for i in ids)
+        return self._logprobs.copy()
+
+    def _ids(self, text_or_ids) -> np.ndarray:
+        V = self._model.config.vocab_size
+        if isinstance(text_or_ids, str):
+            if self._vocab is None:
+                raise InputError("this model has no vocabulary: feed token ids, not text")
+            ids = encode_fragment(self._vocab, text_or_ids)
+        else:
+            try:
+                ids = np.asarray(text_or_ids)
+            except Exception as e:
+                raise InputError(f"cannot read token ids: {e}") from None
+            if ids.ndim == 0:
+                ids = ids.reshape(1)
+            if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+                raise InputError(
+                    f"feed a text or a 1-D sequence of int ids; got {ids.dtype} {ids.shape}"
+                )
+            bad = np.flatnonzero((ids < 0) | (ids >= V)) if ids.size else []
+            if len(bad):
+                raise InputError(f"token id {int(ids[bad[0]])} at {bad[0]} is outside [0, {V})")
+        if len(ids) == 0:
+            raise InputError("nothing to feed: the text or id sequence is empty")
+        return ids.astype(np.int64, copy=False)
+
+    # ------------------------------------------------------------------ reading
+
+    def _current(self) -> np.ndarray:
+        if self._logprobs is None:
+            raise InputError("feed at least one token first: the stream has no prediction yet")
+        return self._logprobs
+
+    def _token_id(self, token) -> int:
+        if isinstance(token, int | np.integer) and not isinstance(token, bool):
+            if not 0 <= token < self._model.config.vocab_size:
+                raise InputError(f"token id {token} outside the vocabulary")
+            return int(token)
+        if self._vocab is None:
+            raise InputError("this model has no vocabulary: ask by token id")
+        return self._vocab.id(token)  # raises VocabularyError, or gives <unk>'s id
+
+    def _name(self, i: int):
+        return self._vocab.token(i) if self._vocab is not None else i
+
+    def logprob(self, token) -> float:
+        """log p(token | everything fed); token is a str of the vocabulary or an id."""
+        return float(self._current()[self._token_id(token)])
+
+    def prob(self, token) -> float:
+        return float(np.exp(np.float64(self.logprob(token))))
+
+    def top(self, k: int = 10) -> list[tuple]:
+        """The k likeliest next tokens as [(token, probability)], likeliest first."""
+        lp = self._current()
+        k = max(1, min(int(k), lp.shape[0]))
+        idx = np.argpartition(-lp, k - 1)[:k]
+        idx = idx[np.lexsort((idx, -lp[idx]))]
+        return [(self._name(int(i)), float(np.exp(np.float64(lp[i])))) for i in idx]
+
+    def sample(self, temperature: float = 1.0, top_k=None, top_p=None, seed=None):
+        """Draw the next token (str, or id without a vocabulary); does not feed it.
+
+        temperature > 0 scales the log-probabilities; top_k keeps the k likeliest tokens;
+        top_p keeps the fewest likeliest tokens whose probabilities sum to at least p.
+        seed: an int or a numpy Generator for reproducible draws (default: the stream's
+        own generator)."""
+        rng = _generator(seed, self._rng)
+        return self._name(sample_id(self._current(), temperature, top_k, top_p, rng))
+
+    def generate(
+        self,
+        prompt=None,
+        max_tokens: int = 100,
+        stop=None,
+        temperature: float = 1.0,
+        top_k=None,
+        top_p=None,
+        seed=None,
+    ) -> Iterator:
+        """Feed the prompt (if any), then yield up to max_tokens sampled tokens as they are
+        produced, feeding each back. stop: a string (or list of them); generation ends
+        once the generated text ends with one (text models). The same seed, prompt and
+        state give the same tokens."""
+        rng = _generator(seed, self._rng)
+        if isinstance(stop, str):
+            stop = [stop]
+        _check_sampling(temperature, top_k, top_p)
+        if prompt is not None and not (isinstance(prompt, str) and prompt == ""):
+            self.feed(prompt)
+        self._current()
+        text = ""
+        for _ in range(int(max_tokens)):
+            i = sample_id(self._logprobs, temperature, top_k, top_p, rng)
+            self.feed([i])
+            token = self._name(i)
+            yield token
+            if stop and self._vocab is not None:
+                text += self._vocab.decode(np.array([i]))
+                if any(text.endswith(s) for s in stop):
+                    return
+
+
+def encode_fragment(vocab, text: str) -> np.ndarray:
+    """Ids of a piece of streamed text. Unlike Vocabulary.encode, a word-level fragment
+    gets <eos> only where it has a newline: "the cat" is two tokens, "the cat\\n" three."""
+    if vocab.kind != "word":
+        return vocab.encode(text)
+    lines = text.split("\n")
+    ids: list[int] = []
+    for n, line in enumerate(lines):
+        for word in line.split():
+            try:
+                ids.append(vocab.id(word))
+            except VocabularyError as e:
+                raise VocabularyError(f"{e} (in line {n + 1} of the text fed)") from None
+        if n < len(lines) - 1:
+            ids.append(vocab.eos_id)
+    return np.array(ids, np.int64)
+
+
+def _generator(seed, default):
+    if seed is None:
+        return default
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+def _check_sampling(temperature, top_k, top_p) -> None:
+    if not temperature > 0:
+        raise InputError(f"temperature must be positive; got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) < 1):
+        raise InputError(f"top_k must be a positive integer; got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise InputError(f"top_p must be in (0, 1]; got {top_p!r}")
+
+
+def sample_id(logprobs: np.ndarray, temperature, top_k, top_p, rng) -> int:
+    """One draw from softmax(logprobs / temperature), restricted by top_k and top_p."""
+    _check_sampling(temperature, top_k, top_p)
+    z = logprobs.astype(np.float64) / temperature
+    order = np.argsort(-z, kind="stable")
+    if top_k is not None:
+        order = order[: int(top_k)]
+    p = np.exp(z[order] - z[order[0]])
+    p /= p.sum()
+    if top_p is not None:
+        keep = int(np.searchsorted(np.cumsum(p), top_p) + 1)
+        order, p = order[:keep], p[:keep] / p[:keep].sum()
+    return int(order[rng.choice(len(order), p=p)])

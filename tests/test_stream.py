@@ -1,0 +1,216 @@
+"""Streams against the oracle: a Hypothesis state machine drives feed / snapshot / restore /
+fork / reset and checks the prediction after every step; chunks equal single tokens
+exactly; streams equal Model.forward; sampling and generation are reproducible; bad
+input gets clear errors and leaves the stream unchanged."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from rnnlm_engine import InputError, Model, ModelConfig, VocabularyError, oracle
+from rnnlm_engine.stream import Snapshot
+from rnnlm_engine.vocab import Vocabulary
+
+# one step: dot products of <= 64 terms and a log-softmax in float32, as Model.forward
+TOL = 1e-5
+
+
+def make_model(cell: str, layers: int = 2, V: int = 11, E: int = 5, H: int = 7, tied=False):
+    if tied:
+        E = H
+    config = ModelConfig(cell, V, E, H, layers, tied=tied)
+    rng = np.random.default_rng(hash((cell, layers, V, tied)) % 2**32)
+    sd = {
+        n: rng.uniform(-0.6, 0.6, s).astype(np.float32)
+        for n, s in config.parameter_shapes().items()
+    }
+    return sd, config, Model.from_state_dict(sd, cell=cell, tied=tied)
+
+
+def expected(sd, config, history) -> np.ndarray:
+    lp, _ = oracle.model_forward(sd, config, np.asarray(history).reshape(-1, 1))
+    return lp[-1, 0]
+
+
+class StreamMachine(RuleBasedStateMachine):
+    """Two streams of one model, with the token history each should have seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = None
+
+    @rule(
+        cell=st.sampled_from(["lstm", "gru", "rnn"]), layers=st.integers(1, 3), tied=st.booleans()
+    )
+    @precondition(lambda self: self.cell is None)
+    def start(self, cell, layers, tied):
+        self.cell = cell
+        self.sd, self.config, self.model = make_model(cell, layers, tied=tied)
+        self.streams = [self.model.stream(), self.model.stream()]
+        self.histories: list[list[int]] = [[], []]
+        self.saved: list[tuple[Snapshot, list[int]]] = []
+
+    @rule(which=st.integers(0, 1), ids=st.lists(st.integers(0, 10), min_size=1, max_size=6))
+    @precondition(lambda self: self.cell is not None)
+    def feed(self, which, ids):
+        if len(self.histories[which]) + len(ids) > 40:
+            self.streams[which].reset()
+            self.histories[which] = []
+        self.streams[which].feed(ids)
+        self.histories[which] += ids
+
+    @rule(which=st.integers(0, 1), as_bytes=st.booleans())
+    @precondition(lambda self: self.cell is not None)
+    def snapshot(self, which, as_bytes):
+        snap = self.streams[which].snapshot()
+        self.saved.append((Snapshot.from_bytes(snap.to_bytes()) if as_bytes else snap,
+                           list(self.histories[which])))  # fmt: skip
+
+    @rule(which=st.integers(0, 1), pick=st.integers(0, 10**6))
+    @precondition(lambda self: self.cell is not None and self.saved)
+    def restore(self, which, pick):
+        snap, history = self.saved[pick % len(self.saved)]
+        self.streams[which].restore(snap)
+        self.histories[which] = list(history)
+
+    @rule(which=st.integers(0, 1))
+    @precondition(lambda self: self.cell is not None)
+    def fork(self, which):
+        self.streams[1 - which] = self.streams[which].fork()
+        self.histories[1 - which] = list(self.histories[which])
+
+    @rule(which=st.integers(0, 1))
+    @precondition(lambda self: self.cell is not None)
+    def reset(self, which):
+        self.streams[which].reset()
+        self.histories[which] = []
+
+    @invariant()
+    def matches_the_oracle(self):
+        if self.cell is None:
+            return
+        for stream, history in zip(self.streams, self.histories, strict=True):
+            assert stream.tokens == tuple(history)
+            if not history:
+                with pytest.raises(InputError, match="feed at least one token first"):
+                    stream.top(1)
+                continue
+            got = np.array([stream.logprob(i) for i in range(self.config.vocab_size)])
+            want = expected(self.sd, self.config, history)
+            assert np.abs(got - want).max() <= TOL * max(1.0, np.abs(want).max())
+
+
+TestStreamMachine = StreamMachine.TestCase
+TestStreamMachine.settings = settings(max_examples=30, stateful_step_count=25, deadline=None)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_chunks_equal_single_tokens_and_model_forward(cell):
+    sd, config, model = make_model(cell, 2)
+    ids = np.random.default_rng(0).integers(0, 11, 30)
+    one = model.stream()
+    singles = [one.feed([i]) for i in ids]
+    chunked = model.stream()
+    chunked.feed(ids[:7])
+    chunked.feed(ids[7:20])
+    last = chunked.feed(ids[20:])
+    np.testing.assert_array_equal(last, singles[-1])  # exactly
+    lp, _ = model.forward(ids.reshape(-1, 1))
+    np.testing.assert_allclose(np.array(singles), lp[:, 0], atol=TOL * np.abs(lp).max())
+
+
+def test_a_failed_feed_leaves_the_stream_unchanged():
+    _, _, model = make_model("lstm")
+    s = model.stream()
+    before = s.feed([1, 2, 3])
+    snap = s.snapshot()
+    with pytest.raises(InputError, match="token id 11 at 2 is outside"):
+        s.feed([4, 5, 11])
+    with pytest.raises(InputError, match="nothing to feed"):
+        s.feed([])
+    with pytest.raises(InputError, match="1-D sequence of int ids"):
+        s.feed([[1, 2]])
+    assert s.tokens == (1, 2, 3)
+    np.testing.assert_array_equal(s.snapshot().h, snap.h)
+    np.testing.assert_array_equal(s.feed([4]), model.stream().feed([1, 2, 3, 4]))
+    assert before.shape == (11,)
+
+
+def test_snapshot_from_another_model_is_refused():
+    _, _, a = make_model("lstm", V=11)
+    _, _, b = make_model("lstm", V=12)
+    s = a.stream()
+    s.feed([1])
+    with pytest.raises(InputError, match="another model"):
+        b.stream().restore(s.snapshot())
+    with pytest.raises(InputError, match="not a stream snapshot"):
+        a.stream().restore(b"\x00garbage")
+    blob = s.snapshot().to_bytes()
+    for cut in (1, len(blob) // 2, len(blob) - 1):
+        with pytest.raises(InputError):
+            a.stream().restore(blob[:cut])
+
+
+def test_text_streams_with_a_vocabulary_and_seeded_generation():
+    text = "the cat sat on the mat\nthe dog sat on the log\n" * 3
+    vocab = Vocabulary.build(text, "word")
+    config = ModelConfig("lstm", len(vocab), 6, 6, 1)
+    rng = np.random.default_rng(3)
+    sd = {
+        n: rng.uniform(-0.5, 0.5, s).astype(np.float32)
+        for n, s in config.parameter_shapes().items()
+    }
+    model = Model.from_state_dict(sd, vocab=vocab)
+    s = model.stream()
+    s.feed("the cat")  # a fragment: no <eos> until a newline
+    assert s.tokens == (vocab.id("the"), vocab.id("cat"))
+    s.feed(" sat\n")
+    assert s.tokens[-1] == vocab.eos_id
+    top = s.top(3)
+    assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
+    assert s.prob(top[0][0]) == pytest.approx(top[0][1])
+    assert sum(s.prob(t) for t in vocab.tokens) == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(VocabularyError, match="'zebra'"):
+        s.prob("zebra")
+    a = list(model.stream().generate("the", max_tokens=12, seed=7, temperature=0.9))
+    b = list(model.stream().generate("the", max_tokens=12, seed=7, temperature=0.9))
+    assert a == b and len(a) == 12
+    c = list(model.stream().generate("the", max_tokens=50, seed=7, stop="\n"))
+    assert c[-1] == "<eos>" or len(c) == 50
+    # top_k=1 is greedy: the likeliest token every time
+    g = model.stream()
+    g.feed("the")
+    want = g.top(1)[0][0]
+    assert g.sample(top_k=1, seed=1) == want
+    assert g.sample(top_p=1e-9, seed=2) == want
+    with pytest.raises(InputError, match="temperature must be positive"):
+        g.sample(temperature=0)
+
+
+def test_streams_in_threads_equal_sequential_runs():
+    _, _, model = make_model("gru", 2)
+    jobs = [np.random.default_rng(k).integers(0, 11, 25) for k in range(6)]
+    expected_lps = [model.stream().feed(ids) for ids in jobs]
+    results = [None] * len(jobs)
+    barrier = threading.Barrier(len(jobs))
+
+    def run(k):
+        s = model.stream()
+        barrier.wait()
+        for i in jobs[k]:
+            lp = s.feed([i])
+        results[k] = lp
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected_lps, strict=True):
+        np.testing.assert_array_equal(got, want)
