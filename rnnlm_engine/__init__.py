@@ -20,6 +20,7 @@ from .errors import (
 __version__ = "0.1.0"  # before the imports below: train.py reads it
 
 from .model import Model, State, load  # noqa: E402
+from .stream import Snapshot, Stream, StreamBatch  # noqa: E402
 from .train import TrainConfig, TrainingDiverged, train  # noqa: E402
 from .vocab import Vocabulary  # noqa: E402
 
@@ -32,7 +33,10 @@ __all__ = [
     "ModelFileError",
     "ParameterError",
     "RnnlmError",
+    "Snapshot",
     "State",
+    "Stream",
+    "StreamBatch",
     "TrainConfig",
     "TrainingDiverged",
     "Vocabulary",

@@ -336,3 +336,53 @@ def sample_id(logprobs: np.ndarray, temperature, top_k, top_p, rng) -> int:
         keep = int(np.searchsorted(np.cumsum(p), top_p) + 1)
         order, p = order[:keep], p[:keep] / p[:keep].sum()
     return int(order[rng.choice(len(order), p=p)])
+
+
+class StreamBatch:
+    """Advance many independent Streams of one model together, one kernel call per step.
+
+    Each Stream keeps its own state and position; a step takes one token for each of any
+    subset of them (streams join by being passed, and leave by not being passed), gathers
+    their states, runs the model once for all, and gives each its new state. The results
+    equal feeding each Stream alone, exactly. This is how a server serves many users.
+    """
+
+    def __init__(self, model):
+        self._model = model
+
+    def stream(self) -> Stream:
+        """A new Stream of this batch's model (a plain Stream: it may also feed alone)."""
+        return Stream(self._model)
+
+    def step(self, pairs) -> list[np.ndarray]:
+        """pairs: [(stream, token)], token a str of the vocabulary or an int id (one token
+        per stream, each stream at most once). Returns each stream's next-token
+        log-probabilities (V,) in the order given. If anything is invalid nothing moves."""
+        pairs = list(pairs)
+        if not pairs:
+            raise InputError("a step needs at least one (stream, token) pair")
+        streams = [s for s, _ in pairs]
+        if len({id(s) for s in streams}) != len(streams):
+            raise InputError("a stream may take only one token per step")
+        ids = np.empty(len(pairs), np.int64)
+        for n, (s, token) in enumerate(pairs):
+            if not isinstance(s, Stream) or s._model is not self._model:
+                raise InputError(f"pair {n}: not a Stream of this batch's model")
+            if isinstance(token, str):
+                one = s._ids(token)
+                if one.shape[0] != 1:
+                    raise InputError(f"pair {n}: {token!r} is {one.shape[0]} tokens, not one")
+                ids[n] = one[0]
+            else:
+                ids[n] = s._ids([token])[0]
+        h = np.concatenate([s._h for s in streams], axis=1)
+        c = None if streams[0]._c is None else np.concatenate([s._c for s in streams], axis=1)
+        h_out, c_out, logprobs = self._model._step(ids, h, c)
+        out = []
+        for n, s in enumerate(streams):
+            s._h = np.ascontiguousarray(h_out[:, n : n + 1])
+            s._c = None if c_out is None else np.ascontiguousarray(c_out[:, n : n + 1])
+            s._logprobs = logprobs[n].copy()
+            s._tokens.append(int(ids[n]))
+            out.append(s._logprobs.copy())
+        return out

@@ -214,3 +214,41 @@ def test_streams_in_threads_equal_sequential_runs():
         t.join()
     for got, want in zip(results, expected_lps, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_stream_batch_equals_separate_streams_with_joins_and_leaves():
+    from rnnlm_engine.stream import StreamBatch
+
+    _, _, model = make_model("lstm", 2)
+    rng = np.random.default_rng(5)
+    batch = StreamBatch(model)
+    members, alone = [], []
+    for step in range(30):
+        if step % 4 == 0 and len(members) < 6:  # a stream joins, part way through the text
+            members.append(batch.stream())
+            alone.append(model.stream())
+        active = [k for k in range(len(members)) if rng.random() < 0.7]  # some sit out
+        if not active:
+            continue
+        tokens = {k: int(rng.integers(0, 11)) for k in active}
+        got = batch.step([(members[k], tokens[k]) for k in active])
+        for k, lp in zip(active, got, strict=True):
+            np.testing.assert_array_equal(lp, alone[k].feed([tokens[k]]))
+    for m, a in zip(members, alone, strict=True):
+        assert m.tokens == a.tokens
+
+
+def test_stream_batch_refuses_bad_steps():
+    from rnnlm_engine.stream import StreamBatch
+
+    _, _, model = make_model("gru", 1)
+    _, _, other = make_model("gru", 1, V=12)
+    batch = StreamBatch(model)
+    s = batch.stream()
+    with pytest.raises(InputError, match="only one token per step"):
+        batch.step([(s, 1), (s, 2)])
+    with pytest.raises(InputError, match="not a Stream of this batch's model"):
+        batch.step([(s, 1), (other.stream(), 2)])
+    with pytest.raises(InputError, match="outside"):
+        batch.step([(s, 99)])
+    assert s.tokens == ()
