@@ -1,0 +1,274 @@
+"""Batch scoring of text: per-line and total log-probabilities and perplexity.
+
+Two modes, as language-model toolkits offer them:
+
+- ``"sentence"``: every line is scored on its own from a fresh state (KenLM's ``score``,
+  Mikolov's ``-independent``). A line is read as if it followed a line end: the model is
+  first fed the boundary token (``<eos>`` for words, ``"\\n"`` for characters, byte 10 for
+  bytes) and then predicts each token of the line and the line end. Lines of similar
+  length are scored together in batches.
+- ``"corpus"``: the text is one stream and the state is carried across lines, as PyTorch's
+  word_language_model evaluates; the first token of the text is context only (it has no
+  history), every later token is predicted and counted in the line it belongs to.
+
+Log-probabilities are natural logarithms (divide by ln 10 for KenLM's log10). Files are
+read in chunks of lines, so memory stays bounded whatever the size of the input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, VocabularyError
+
+MODES = ("sentence", "corpus")
+CHUNK_LINES = 4096  # lines read and sorted by length at a time (sentence mode)
+CORPUS_WINDOW = 512  # tokens per call in corpus mode (the result does not depend on it)
+
+
+@dataclass
+class LineScore:
+    """One line: total log-probability (nats) of its `tokens` predicted tokens."""
+
+    line: int  # 1-based line number
+    logprob: float
+    tokens: int
+    oov: int = 0  # tokens not in the vocabulary (scored as <unk>)
+    token_logprobs: np.ndarray | None = None  # (tokens,) float32, on request
+    oov_flags: np.ndarray | None = None  # (tokens,) bool, on request
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(-self.logprob / self.tokens) if self.tokens else math.nan
+
+
+@dataclass
+class ScoreTotal:
+    lines: int = 0
+    tokens: int = 0
+    logprob: float = 0.0
+    oov: int = 0
+    per_line: list = field(default_factory=list, repr=False)  # unused; kept for symmetry
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(-self.logprob / self.tokens) if self.tokens else math.nan
+
+    def add(self, s: LineScore) -> None:
+        self.lines += 1
+        self.tokens += s.tokens
+        self.logprob += s.logprob
+        self.oov += s.oov
+
+
+class Scoring:
+    """An iterator of LineScore, in input order; ``total`` holds the running totals
+    (final once the iterator is exhausted)."""
+
+    def __init__(self, lines: Iterator[LineScore]):
+        self._lines = lines
+        self.total = ScoreTotal()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> LineScore:
+        s = next(self._lines)
+        self.total.add(s)
+        return s
+
+    def run(self) -> ScoreTotal:
+        """Score everything (discarding the per-line results); return the totals."""
+        for _ in self:
+            pass
+        return self.total
+
+
+def score(model, source, mode="sentence", per_token=False, batch_size=64, errors="strict"):
+    """Score lines (an iterable of str, or a path to a UTF-8 file) with model; see module
+    docstring. Returns a Scoring iterator of LineScore with running totals."""
+    if model.vocab is None:
+        raise InputError("scoring text needs a model with a vocabulary (load one from a file)")
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
+    lines = _read_lines(source, errors)
+    run = _sentences if mode == "sentence" else _corpus
+    return Scoring(run(model, lines, per_token, batch_size))
+
+
+def _read_lines(source, errors: str) -> Iterator[str]:
+    if isinstance(source, str | Path):
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        return _file_lines(path, errors)
+    return iter(source)
+
+
+def _file_lines(path: Path, errors: str) -> Iterator[str]:
+    with open(path, encoding="utf-8", errors=errors, newline="") as f:
+        n = 0
+        while True:
+            n += 1
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                raise VocabularyError(
+                    f"{path}: invalid UTF-8 near line {n} ({e.reason}); pass errors='replace' "
+                    "(CLI: --replace-invalid) to substitute U+FFFD"
+                ) from None
+            if not line:
+                return
+            yield line[:-1] if line.endswith("\n") else line
+
+
+def _boundary(vocab) -> int | None:
+    if vocab.kind == "word":
+        return vocab.eos_id
+    if vocab.kind == "byte":
+        return 10
+    return vocab.id("\n") if "\n" in vocab else None
+
+
+def _encode_line(vocab, text: str, n: int, end: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids of the line's tokens and of its line end when the vocabulary has one, oov
+    flags)."""
+    if "\n" in text:
+        raise InputError(f"line {n}: a line may not contain a newline")
+    try:
+        if vocab.kind == "word":
+            words = text.split()
+            ids = [vocab.id(w) for w in words]
+            oov = [w not in vocab for w in words]
+        else:
+            ids = list(vocab.encode(text)) if text else []
+            oov = [ch not in vocab for ch in text] if vocab.kind == "char" else [False] * len(ids)
+    except VocabularyError as e:
+        raise VocabularyError(f"line {n}: {e}") from None
+    if end is not None:
+        ids.append(end)
+        oov.append(False)
+    return np.array(ids, np.int64), np.array(oov, bool)
+
+
+def _sentences(model, lines: Iterable[str], per_token: bool, batch_size: int):
+    vocab = model.vocab
+    start = _boundary(vocab)
+    n = 0
+    it = iter(lines)
+    while True:
+        chunk = []
+        for text in it:
+            n += 1
+            if not isinstance(text, str):
+                raise InputError(f"line {n} is a {type(text).__name__}, not str")
+            ids, oov = _encode_line(vocab, text.rstrip("\n"), n, start)
+            chunk.append((n, ids, oov))
+            if len(chunk) == CHUNK_LINES:
+                break
+        if not chunk:
+            return
+        results: dict[int, LineScore] = {}
+        order = sorted(range(len(chunk)), key=lambda i: len(chunk[i][1]))
+        for b0 in range(0, len(order), batch_size):
+            group = [chunk[i] for i in order[b0 : b0 + batch_size]]
+            for (line_no, _ids, oov), lps in zip(
+                group, _score_group(model, group, start), strict=True
+            ):
+                results[line_no] = _line_score(line_no, lps, oov, per_token)
+        for line_no, _, _ in chunk:
+            yield results[line_no]
+
+
+def _score_group(model, group, start):
+    """Token log-probs of each line of a group, all lines run as one padded batch."""
+    B = len(group)
+    if start is None:  # no boundary token: each line's first token is context only
+        seqs = [ids for _, ids, _ in group]
+        if min(len(s) for s in seqs) == 0:
+            raise InputError("an empty line has nothing to score without a line-end token")
+        T = max(len(s) for s in seqs) - 1
+        inputs = np.zeros((max(T, 1), B), np.int64)
+        targets = np.zeros((max(T, 1), B), np.int64)
+        for b, s in enumerate(seqs):
+            inputs[: len(s) - 1, b] = s[:-1]
+            targets[: len(s) - 1, b] = s[1:]
+        lps, _ = model.token_logprobs(inputs, targets)
+        return [np.concatenate([[np.nan], lps[: len(s) - 1, b]]) for b, s in enumerate(seqs)]
+    T = max(len(ids) for _, ids, _ in group)
+    inputs = np.full((T, B), start, np.int64)
+    targets = np.full((T, B), start, np.int64)
+    for b, (_, ids, _) in enumerate(group):
+        inputs[1 : len(ids), b] = ids[:-1]
+        targets[: len(ids), b] = ids
+    lps, _ = model.token_logprobs(inputs, targets)
+    return [lps[: len(ids), b] for b, (_, ids, _) in enumerate(group)]
+
+
+def _line_score(line_no: int, lps: np.ndarray, oov: np.ndarray, per_token: bool) -> LineScore:
+    scored = ~np.isnan(lps)
+    return LineScore(
+        line=line_no,
+        logprob=float(np.sum(lps[scored], dtype=np.float64)),
+        tokens=int(scored.sum()),
+        oov=int(oov[scored].sum()),
+        token_logprobs=lps.astype(np.float32) if per_token else None,
+        oov_flags=oov if per_token else None,
+    )
+
+
+def _corpus(model, lines: Iterable[str], per_token: bool, batch_size: int):
+    vocab = model.vocab
+    end = _boundary(vocab)
+    state = None
+    prev = None  # the last token fed: the context of the next prediction
+    n = 0
+    pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # lines waiting to be scored
+    buffered = 0
+
+    def flush():
+        nonlocal state, prev, buffered
+        ids = np.concatenate([p[1] for p in pending])
+        if prev is None:  # the text's first token has no history: context only
+            inputs, targets = ids[:-1], ids[1:]
+            lps = np.concatenate([[np.nan], _run(inputs, targets)])
+        else:
+            inputs = np.concatenate([[prev], ids[:-1]])
+            lps = _run(inputs, ids)
+        prev = int(ids[-1])
+        at = 0
+        out = []
+        for line_no, line_ids, oov in pending:
+            out.append(_line_score(line_no, lps[at : at + len(line_ids)], oov, per_token))
+            at += len(line_ids)
+        pending.clear()
+        buffered = 0
+        return out
+
+    def _run(inputs, targets):
+        nonlocal state
+        res = np.empty(len(targets), np.float32)
+        for i in range(0, len(targets), CORPUS_WINDOW):
+            j = min(len(targets), i + CORPUS_WINDOW)
+            lp, state = model.token_logprobs(inputs[i:j, None], targets[i:j, None], state)
+            res[i:j] = lp[:, 0]
+        return res
+
+    for text in lines:
+        n += 1
+        if not isinstance(text, str):
+            raise InputError(f"line {n} is a {type(text).__name__}, not str")
+        ids, oov = _encode_line(vocab, text.rstrip("\n"), n, end)
+        pending.append((n, ids, oov))
+        buffered += len(ids)
+        if buffered >= CORPUS_WINDOW * 8:
+            yield from flush()
+    if pending:
+        yield from flush()

@@ -1,0 +1,116 @@
+"""Model.score: sentence and corpus modes against the oracle and against Streams; files
+equal lines; OOV counting; errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rnnlm_engine import InputError, Model, ModelConfig, VocabularyError, oracle
+from rnnlm_engine.vocab import Vocabulary
+
+TEXT = "the cat sat on the mat\nthe dog sat\n\non the log the end\na cat\n"
+LINES = TEXT.split("\n")[:-1]
+
+
+def word_model(text=TEXT, seed=0, **build):
+    vocab = Vocabulary.build(text, "word", **build)
+    config = ModelConfig("lstm", len(vocab), 6, 7, 2)
+    rng = np.random.default_rng(seed)
+    sd = {
+        n: rng.uniform(-0.5, 0.5, s).astype(np.float32)
+        for n, s in config.parameter_shapes().items()
+    }
+    return sd, config, Model.from_state_dict(sd, vocab=vocab)
+
+
+def oracle_logprobs(sd, config, inputs, targets):
+    lp, _ = oracle.model_forward(sd, config, np.asarray(inputs).reshape(-1, 1))
+    return lp[np.arange(len(targets)), 0, np.asarray(targets)]
+
+
+def line_ids(vocab, line):
+    return [vocab.id(w) for w in line.split()] + [vocab.eos_id]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_sentence_mode_scores_each_line_from_a_fresh_state(batch_size):
+    sd, config, model = word_model()
+    vocab = model.vocab
+    scoring = model.score(LINES, per_token=True, batch_size=batch_size)
+    results = list(scoring)
+    assert [r.line for r in results] == list(range(1, len(LINES) + 1))
+    total_lp, total_n = 0.0, 0
+    for r, line in zip(results, LINES, strict=True):
+        ids = line_ids(vocab, line)
+        want = oracle_logprobs(sd, config, [vocab.eos_id] + ids[:-1], ids)
+        np.testing.assert_allclose(r.token_logprobs, want, atol=1e-5 * max(1, np.abs(want).max()))
+        assert r.tokens == len(ids) and r.logprob == pytest.approx(want.sum(), abs=1e-4)
+        assert r.perplexity == pytest.approx(math.exp(-want.sum() / len(ids)), rel=1e-4)
+        total_lp += want.sum()
+        total_n += len(ids)
+    assert scoring.total.tokens == total_n and scoring.total.lines == len(LINES)
+    assert scoring.total.perplexity == pytest.approx(math.exp(-total_lp / total_n), rel=1e-4)
+
+
+def test_corpus_mode_carries_the_state_across_lines():
+    sd, config, model = word_model()
+    vocab = model.vocab
+    ids = vocab.encode(TEXT)  # every line's words and <eos>
+    want = oracle_logprobs(sd, config, ids[:-1], ids[1:])  # the first token: context only
+    results = list(model.score(LINES, mode="corpus", per_token=True))
+    got = np.concatenate([r.token_logprobs for r in results])
+    assert np.isnan(got[0])
+    np.testing.assert_allclose(got[1:], want, atol=1e-5 * np.abs(want).max())
+    assert sum(r.tokens for r in results) == len(ids) - 1
+
+
+def test_stream_log_probs_equal_sentence_scores():
+    _, _, model = word_model()
+    vocab = model.vocab
+    line = LINES[0]
+    s = model.stream()
+    s.feed([vocab.eos_id])
+    total = 0.0
+    for t in line_ids(vocab, line):
+        total += s.logprob(t)
+        s.feed([t])
+    (result,) = list(model.score([line]))
+    assert result.logprob == pytest.approx(total, abs=1e-4)
+
+
+def test_a_file_scores_as_its_lines(tmp_path):
+    _, _, model = word_model()
+    path = tmp_path / "in.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    for mode in ("sentence", "corpus"):
+        a = [(r.logprob, r.tokens) for r in model.score(path, mode=mode)]
+        b = [(r.logprob, r.tokens) for r in model.score(LINES, mode=mode)]
+        assert a == b
+
+
+def test_unknown_words_count_as_oov_or_fail_with_the_line():
+    _, _, with_unk = word_model(max_size=8)
+    (r,) = list(with_unk.score(["the zebra sat"], per_token=True))
+    assert r.oov == 1 and list(r.oov_flags) == [False, True, False, False]
+    _, _, closed = word_model()
+    with pytest.raises(VocabularyError, match=r"line 2: .*'zebra'"):
+        list(closed.score(["the cat", "the zebra"]))
+
+
+def test_bad_arguments():
+    _, _, model = word_model()
+    with pytest.raises(InputError, match="mode must be one of"):
+        model.score(LINES, mode="paragraph")
+    with pytest.raises(InputError, match="no such file"):
+        model.score("/no/such/file.txt")
+    with pytest.raises(InputError, match="batch_size"):
+        model.score(LINES, batch_size=0)
+    config = ModelConfig("rnn", 5, 3, 3, 1)
+    bare = Model.from_state_dict(
+        {n: np.zeros(s, np.float32) for n, s in config.parameter_shapes().items()}, cell="rnn"
+    )
+    with pytest.raises(InputError, match="needs a model with a vocabulary"):
+        bare.score(LINES)
