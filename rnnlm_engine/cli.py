@@ -1,4 +1,4 @@
-"""The ``rnnlm`` command line: train, info, demo.
+"""The ``rnnlm`` command line: train, score, generate, info, demo.
 
 Errors are one line on stderr (the traceback only with --debug): exit 2 for bad usage or
 bad input (a missing file, an invalid setting, a defective model file), 1 for anything
@@ -108,6 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="CKPT", help="continue an interrupted run")
     t.set_defaults(func=cmd_train)
 
+    sc = sub.add_parser("score", parents=[common], help="score text, one line per input line")
+    sc.add_argument("model", metavar="MODEL")
+    sc.add_argument("file", metavar="FILE", nargs="?", default="-", help="text, or - for stdin")
+    sc.add_argument("--mode", choices=["sentence", "corpus"], default="sentence")
+    sc.add_argument("--log10", action="store_true", help="log10 probabilities (as KenLM)")
+    sc.add_argument("--per-token", action="store_true", help="also each token's log-prob")
+    sc.add_argument("--json", action="store_true", help="one JSON object per line")
+    sc.add_argument("--batch-size", type=int, default=64)
+    sc.add_argument("--replace-invalid", action="store_true")
+    sc.set_defaults(func=cmd_score)
+
+    g = sub.add_parser("generate", parents=[common], help="write text sampled from a model")
+    g.add_argument("model", metavar="MODEL")
+    g.add_argument("--prompt", default=None, help="text to start from (default: a line end)")
+    g.add_argument("--tokens", type=int, default=200, metavar="N")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", default=None, help="stop once the text ends with this")
+    g.set_defaults(func=cmd_generate)
+
     i = sub.add_parser("info", parents=[common], help="describe a model file")
     i.add_argument("model", metavar="MODEL")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -126,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--time", type=_seconds, default=60.0, metavar="DURATION")
     d.add_argument("--out", metavar="MODEL", default="demo.rnnlm")
     d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--epochs", type=int, default=1000, help="stop after this many epochs")
     d.add_argument("--sample", type=int, default=400, metavar="CHARS")
     d.set_defaults(func=cmd_demo)
     return parser
@@ -264,6 +287,87 @@ def cmd_train(args) -> int:
     return 130 if result.stopped == "interrupted" else 0
 
 
+# ---------------------------------------------------------------------------- score
+
+
+def cmd_score(args) -> int:
+    from .model import load
+
+    model = load(args.model)
+    if args.file == "-":
+        lines = (line.rstrip("\n") for line in sys.stdin)
+    else:
+        lines = Path(args.file)
+        if not lines.is_file():
+            raise InputError(f"{args.file}: no such file")
+    scale = 1.0 / math.log(10) if args.log10 else 1.0
+    scoring = model.score(
+        lines, mode=args.mode, per_token=args.per_token, batch_size=args.batch_size,
+        errors="replace" if args.replace_invalid else "strict",
+    )  # fmt: skip
+    out = sys.stdout
+    for r in scoring:
+        if args.json:
+            record = {"line": r.line, "logprob": r.logprob * scale, "tokens": r.tokens,
+                      "perplexity": r.perplexity, "oov": r.oov}  # fmt: skip
+            if args.per_token:
+                record["token_logprobs"] = [
+                    None if math.isnan(v) else float(v) * scale for v in r.token_logprobs
+                ]
+                record["oov_flags"] = [bool(f) for f in r.oov_flags]
+            out.write(json.dumps(record) + "\n")
+        else:
+            fields = [f"{r.logprob * scale:.4f}", str(r.tokens), f"{r.perplexity:.4f}"]
+            if args.per_token:
+                fields.append(" ".join(f"{float(v) * scale:.4f}" for v in r.token_logprobs))
+            out.write("\t".join(fields) + "\n")
+    t = scoring.total
+    if not args.quiet:
+        print(
+            f"{t.lines:,} lines, {t.tokens:,} tokens ({t.oov:,} OOV), log-probability "
+            f"{t.logprob * scale:.4f} ({'log10' if args.log10 else 'nats'}), perplexity "
+            f"{t.perplexity:.4f}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# ---------------------------------------------------------------------------- generate
+
+
+def cmd_generate(args) -> int:
+    from .model import load
+
+    model = load(args.model)
+    if model.vocab is None:
+        raise InputError(f"{args.model} holds no vocabulary: it cannot write text")
+    stream = model.stream()
+    prompt = args.prompt
+    if not prompt:  # start after a line end, as a text begins
+        boundary = model.vocab.eos_id if model.vocab.kind == "word" else None
+        if boundary is None and "\n" in model.vocab:
+            boundary = model.vocab.id("\n")
+        if boundary is None:
+            raise InputError("give --prompt: this vocabulary has no line end to start from")
+        stream.feed([boundary])
+        prompt = None
+    else:
+        sys.stdout.write(prompt)
+    word = model.vocab.kind == "word"
+    for token in stream.generate(
+        prompt, max_tokens=args.tokens, stop=args.stop, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+    ):  # fmt: skip
+        if word:
+            text = "\n" if token == "<eos>" else " " + token
+        else:
+            text = model.vocab.decode(np.array([model.vocab.id(token)]))
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
 # ---------------------------------------------------------------------------- info
 
 
@@ -339,7 +443,7 @@ def cmd_demo(args) -> int:
         lr=0.003,
         lr_decay=0.5,
         clip=1.0,
-        epochs=1000,
+        epochs=args.epochs,
         max_time=args.time,
         batch_size=32,
         bptt=64,
