@@ -1,0 +1,276 @@
+"""Streaming benchmark: per-token latency at batch 1, StreamBatch throughput, and
+sentence-mode scoring throughput, against PyTorch CPU eager and a plain-NumPy step.
+
+    python bench/bench_stream.py            # about 3 minutes on the 2-core build machine
+    python bench/bench_stream.py --quick
+
+Latency: one token fed to a Stream (the whole step: embedding, every layer, decoder,
+log-softmax) against PyTorch eager (nn.Embedding + nn.LSTM + nn.Linear + log_softmax
+under no_grad, batch 1, the state fed back) and a NumPy step (matrix-vector products
+and the cell in float32), for LSTM 2 x 256 with V=65 (character model), 2 x 200 with
+V=10000 and 2 x 650 with V=10000 (word models). Before timing, each row is checked
+against the float64 oracle over 20 tokens. The floor is the bytes of weights one step
+must read, over this machine's memory bandwidth (measured here by summing a 512 MB
+array); weights that fit in the cache can beat it.
+
+StreamBatch: tokens/s when N streams advance together (1, 8, 64, 256).
+Scoring: Model.score(sentence mode) tokens/s on PTB's validation text (if
+../shared/data is there) against PyTorch no_grad on the same padded batches of 64 lines.
+"""
+
+# ruff: noqa: B023  (the timed closures are called within the loop iteration that makes them)
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from rnnlm_engine import Model, ModelConfig, oracle
+from rnnlm_engine.stream import StreamBatch
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ptb"
+MODELS = [("char 2x256", 65, 256), ("word 2x200", 10000, 200), ("word 2x650", 10000, 650)]
+
+
+def params(config: ModelConfig, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        n: rng.uniform(-0.1, 0.1, s).astype(np.float32)
+        for n, s in config.parameter_shapes().items()
+    }
+
+
+def timings(fn, n: int, warm: int = 20) -> np.ndarray:
+    for _ in range(warm):
+        fn()
+    out = np.empty(n)
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = time.perf_counter() - t0
+    return out
+
+
+def memory_bandwidth() -> float:
+    """Bytes/s of reading a 512 MB array (best of 5 sums)."""
+    a = np.ones(128 << 20, np.float32)
+    best = min(timings(lambda: a.sum(), 5, warm=1))
+    return a.nbytes / best
+
+
+class NumpyStep:
+    """One LSTM token step in plain NumPy float32 (what a careful NumPy user writes)."""
+
+    def __init__(self, sd: dict, layers: int):
+        self.sd, self.L = sd, layers
+
+    def __call__(self, token: int, state):
+        sd = self.sd
+        x = sd["encoder.weight"][token]
+        hs, cs = [], []
+        for k in range(self.L):
+            h, c = state[0][k], state[1][k]
+            g = sd[f"rnn.weight_ih_l{k}"] @ x + sd[f"rnn.bias_ih_l{k}"]
+            g += sd[f"rnn.weight_hh_l{k}"] @ h + sd[f"rnn.bias_hh_l{k}"]
+            i, f, gg, o = np.split(g, 4)
+            c = 1 / (1 + np.exp(-f)) * c + 1 / (1 + np.exp(-i)) * np.tanh(gg)
+            h = 1 / (1 + np.exp(-o)) * np.tanh(c)
+            hs.append(h)
+            cs.append(c)
+            x = h
+        logits = sd["decoder.weight"] @ x + sd["decoder.bias"]
+        m = logits.max()
+        return logits - m - np.log(np.exp(logits - m).sum()), (hs, cs)
+
+
+def torch_step(torch, sd: dict, config: ModelConfig):
+    nn = torch.nn
+    emb = nn.Embedding(config.vocab_size, config.emb_size)
+    lstm = nn.LSTM(config.emb_size, config.hidden_size, config.num_layers)
+    dec = nn.Linear(config.hidden_size, config.vocab_size)
+    emb.weight.data = torch.from_numpy(sd["encoder.weight"].copy())
+    lstm.load_state_dict(
+        {k[4:]: torch.from_numpy(v.copy()) for k, v in sd.items() if k.startswith("rnn.")}
+    )
+    dec.weight.data = torch.from_numpy(sd["decoder.weight"].copy())
+    dec.bias.data = torch.from_numpy(sd["decoder.bias"].copy())
+    state = {"h": None}
+
+    def step(token: int):
+        with torch.no_grad():
+            out, state["h"] = lstm(emb(torch.tensor([[token]])), state["h"])
+            return torch.log_softmax(dec(out[0, 0]), -1)
+
+    return step, state
+
+
+def weight_bytes(config: ModelConfig) -> int:
+    """Bytes one streaming step reads: a table row, every layer's matrices, the decoder."""
+    G, H, V = config.gate_rows, config.hidden_size, config.vocab_size
+    per_layer = (G * H + 2 * G) * 4  # W_hh and the biases
+    total = G * 4 + config.num_layers * per_layer + (config.num_layers - 1) * G * H * 4
+    return total + (V * H + V) * 4
+
+
+def latency(args, torch, bandwidth: float) -> None:
+    print(f"\nper-token latency, batch 1 (us; {args.tokens} tokens after 20 warm-up)")
+    print(f"{'model':<12}{'row':<8}{'p50':>9}{'p99':>9}{'x vs engine':>13}{'floor':>8}")
+    rng = np.random.default_rng(0)
+    for name, V, H in MODELS:
+        config = ModelConfig("lstm", V, H, H, 2)
+        sd = params(config, 1)
+        model = Model.from_state_dict(sd)
+        tokens = rng.integers(0, V, args.tokens + 40)
+        # check first: 20 tokens against the oracle
+        ref, _ = oracle.model_forward(sd, config, tokens[:20].reshape(-1, 1))
+        s = model.stream()
+        err = max(np.abs(s.feed([t]) - ref[i, 0]).max() for i, t in enumerate(tokens[:20]))
+        np_step = NumpyStep(sd, 2)
+        st = ([np.zeros(H, np.float32)] * 2, [np.zeros(H, np.float32)] * 2)
+        np_err = 0.0
+        for i, t in enumerate(tokens[:20]):
+            lp, st = np_step(int(t), st)
+            np_err = max(np_err, np.abs(lp - ref[i, 0]).max())
+        assert err < 1e-4 and np_err < 1e-4, (name, err, np_err)
+        rows = {}
+        it = iter(tokens[20:])
+        s = model.stream()
+        s.feed([0])
+        rows["engine"] = timings(lambda: s.feed([next(it) % V]), args.tokens - 20)
+        it = iter(tokens[20:])
+        box = {"st": st}
+
+        def np_call():
+            box["lp"], box["st"] = np_step(int(next(it)), box["st"])
+
+        rows["numpy"] = timings(np_call, args.tokens - 20)
+        if torch is not None:
+            step, _ = torch_step(torch, sd, config)
+            t_lp = [step(int(t)).numpy() for t in tokens[:20]]
+            assert max(np.abs(a - ref[i, 0]).max() for i, a in enumerate(t_lp)) < 1e-4
+            it = iter(tokens[20:])
+            rows["torch"] = timings(lambda: step(int(next(it))), args.tokens - 20)
+        floor_us = weight_bytes(config) / bandwidth * 1e6
+        e50 = np.median(rows["engine"])
+        for row, t in rows.items():
+            p50, p99 = np.median(t) * 1e6, np.percentile(t, 99) * 1e6
+            print(f"{name:<12}{row:<8}{p50:>9.1f}{p99:>9.1f}{np.median(t) / e50:>13.2f}"
+                  f"{floor_us:>8.1f}")  # fmt: skip
+    print(
+        f"floor = weight bytes per step / {bandwidth / 1e9:.1f} GB/s (this machine's "
+        "read bandwidth, summing 512 MB); weights that stay in cache can beat it"
+    )
+
+
+def batch_throughput(args) -> None:
+    print("\nStreamBatch: N streams advanced together (LSTM 2 x 200, V=10000)")
+    print(f"{'streams':>8}{'ms/step':>10}{'tokens/s':>12}")
+    config = ModelConfig("lstm", 10000, 200, 200, 2)
+    model = Model.from_state_dict(params(config, 2))
+    batch = StreamBatch(model)
+    rng = np.random.default_rng(1)
+    for n in (1, 8, 64, 256):
+        streams = [batch.stream() for _ in range(n)]
+
+        def step():
+            batch.step(
+                [(s, int(t)) for s, t in zip(streams, rng.integers(0, 10000, n), strict=True)]
+            )
+
+        t = np.median(timings(step, max(5, args.tokens // max(1, n // 8)), warm=3))
+        print(f"{n:>8}{t * 1e3:>10.2f}{n / t:>12,.0f}")
+
+
+def scoring(args, torch) -> None:
+    path = DATA / "ptb.valid.txt"
+    if not path.is_file():
+        print(f"\nscoring: skipped ({path} not found)")
+        return
+    from rnnlm_engine.vocab import Vocabulary, read_text
+
+    train_text = read_text(DATA / "ptb.train.txt")
+    vocab = Vocabulary.build(train_text, "word")
+    config = ModelConfig("lstm", len(vocab), 200, 200, 2)
+    sd = params(config, 3)
+    model = Model.from_state_dict(sd, vocab=vocab)
+    lines = read_text(path).split("\n")[:-1]
+    if args.quick:
+        lines = lines[:500]
+    t0 = time.perf_counter()
+    total = model.score(lines, batch_size=64).run()
+    engine_s = time.perf_counter() - t0
+    print(f"\nsentence-mode scoring of PTB valid ({total.lines:,} lines, {total.tokens:,} "
+          f"tokens; random weights, perplexity {total.perplexity:,.0f}), batch 64")  # fmt: skip
+    print(f"engine  {engine_s:8.2f} s  {total.tokens / engine_s:>10,.0f} tokens/s")
+    if torch is None:
+        return
+    nn = torch.nn
+    emb = nn.Embedding(config.vocab_size, 200)
+    lstm = nn.LSTM(200, 200, 2)
+    dec = nn.Linear(200, config.vocab_size)
+    emb.weight.data = torch.from_numpy(sd["encoder.weight"].copy())
+    lstm.load_state_dict(
+        {k[4:]: torch.from_numpy(v.copy()) for k, v in sd.items() if k.startswith("rnn.")}
+    )
+    dec.weight.data = torch.from_numpy(sd["decoder.weight"].copy())
+    dec.bias.data = torch.from_numpy(sd["decoder.bias"].copy())
+    eos = vocab.eos_id
+    encoded = [[vocab.id(w) for w in line.split()] + [eos] for line in lines]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    t0 = time.perf_counter()
+    total_lp = 0.0
+    with torch.no_grad():
+        for b0 in range(0, len(order), 64):
+            group = [encoded[i] for i in order[b0 : b0 + 64]]
+            T = max(len(g) for g in group)
+            inp = torch.full((T, len(group)), eos, dtype=torch.long)
+            tgt = torch.full((T, len(group)), eos, dtype=torch.long)
+            mask = torch.zeros((T, len(group)), dtype=torch.bool)
+            for b, g in enumerate(group):
+                inp[1 : len(g), b] = torch.tensor(g[:-1])
+                tgt[: len(g), b] = torch.tensor(g)
+                mask[: len(g), b] = True
+            out, _ = lstm(emb(inp))
+            lp = torch.log_softmax(dec(out), -1).gather(2, tgt[..., None])[..., 0]
+            total_lp += float(lp[mask].sum())
+    torch_s = time.perf_counter() - t0
+    assert abs(total_lp - total.logprob) < 1e-4 * abs(total_lp), (total_lp, total.logprob)
+    print(
+        f"torch   {torch_s:8.2f} s  {total.tokens / torch_s:>10,.0f} tokens/s   "
+        f"(engine {torch_s / engine_s:.2f}x faster; same total log-probability)"
+    )
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=400)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-torch", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.tokens = 60
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+
+            torch.set_num_threads(numba.get_num_threads())
+        except ImportError:
+            torch = None
+    bw = memory_bandwidth()
+    print(
+        f"rnnlm-engine streaming benchmark; {numba.get_num_threads()} threads; torch "
+        f"{torch.__version__ if torch else '-'}; read bandwidth {bw / 1e9:.1f} GB/s"
+    )
+    latency(args, torch, bw)
+    batch_throughput(args)
+    scoring(args, torch)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
