@@ -10,8 +10,9 @@ under no_grad, batch 1, the state fed back) and a NumPy step (matrix-vector prod
 and the cell in float32), for LSTM 2 x 256 with V=65 (character model), 2 x 200 with
 V=10000 and 2 x 650 with V=10000 (word models). Before timing, each row is checked
 against the float64 oracle over 20 tokens. The floor is the bytes of weights one step
-must read, over this machine's memory bandwidth (measured here by summing a 512 MB
-array); weights that fit in the cache can beat it.
+must read, over the read bandwidth of this machine for an array of that size (a parallel
+vectorized sum over it: the cache's bandwidth when the weights fit in the cache, as they
+do for the two smaller models, memory's when they do not).
 
 StreamBatch: tokens/s when N streams advance together (1, 8, 64, 256).
 Scoring: Model.score(sentence mode) tokens/s on PTB's validation text (if
@@ -45,6 +46,10 @@ def params(config: ModelConfig, seed: int) -> dict:
 
 
 def timings(fn, n: int, warm: int = 20) -> np.ndarray:
+    # let the thread pools of the row before (torch's OpenMP, OpenBLAS) stop spinning: a
+    # spinning pool takes a core from this row's threads, stalling it for a whole
+    # scheduler tick (4 ms) now and then
+    time.sleep(0.5)
     for _ in range(warm):
         fn()
     out = np.empty(n)
@@ -55,10 +60,20 @@ def timings(fn, n: int, warm: int = 20) -> np.ndarray:
     return out
 
 
-def memory_bandwidth() -> float:
-    """Bytes/s of reading a 512 MB array (best of 5 sums)."""
-    a = np.ones(128 << 20, np.float32)
-    best = min(timings(lambda: a.sum(), 5, warm=1))
+@numba.njit(parallel=True, fastmath=True, nogil=True)
+def _read_all(a):
+    s = np.float32(0.0)
+    for i in numba.prange(a.shape[0]):
+        s += a[i]
+    return s
+
+
+def memory_bandwidth(nbytes: int = 512 << 20) -> float:
+    """Bytes/s of reading an array of nbytes on every core (best of several passes of a
+    vectorized parallel sum; numpy's sum is slower than memory): from memory for a large
+    array, from the cache for one that fits, as a model's weights may."""
+    a = np.ones(nbytes // 4, np.float32)
+    best = min(timings(lambda: _read_all(a), 15, warm=2))
     return a.nbytes / best
 
 
@@ -118,7 +133,10 @@ def weight_bytes(config: ModelConfig) -> int:
 
 def latency(args, torch, bandwidth: float) -> None:
     print(f"\nper-token latency, batch 1 (us; {args.tokens} tokens after 20 warm-up)")
-    print(f"{'model':<12}{'row':<8}{'p50':>9}{'p99':>9}{'x vs engine':>13}{'floor':>8}")
+    print(
+        f"{'model':<12}{'row':<8}{'p50':>9}{'p99':>9}{'x vs engine':>13}{'floor':>8}"
+        f"{'p50/floor':>11}"
+    )
     rng = np.random.default_rng(0)
     for name, V, H in MODELS:
         config = ModelConfig("lstm", V, H, H, 2)
@@ -154,15 +172,17 @@ def latency(args, torch, bandwidth: float) -> None:
             assert max(np.abs(a - ref[i, 0]).max() for i, a in enumerate(t_lp)) < 1e-4
             it = iter(tokens[20:])
             rows["torch"] = timings(lambda: step(int(next(it))), args.tokens - 20)
-        floor_us = weight_bytes(config) / bandwidth * 1e6
+        # the weights' bytes over the read bandwidth of an array of that size (cache-
+        # resident when they fit, as they do after the first tokens)
+        floor_us = weight_bytes(config) / memory_bandwidth(weight_bytes(config)) * 1e6
         e50 = np.median(rows["engine"])
         for row, t in rows.items():
             p50, p99 = np.median(t) * 1e6, np.percentile(t, 99) * 1e6
             print(f"{name:<12}{row:<8}{p50:>9.1f}{p99:>9.1f}{np.median(t) / e50:>13.2f}"
-                  f"{floor_us:>8.1f}")  # fmt: skip
+                  f"{floor_us:>8.1f}{p50 / floor_us:>11.2f}")  # fmt: skip
     print(
-        f"floor = weight bytes per step / {bandwidth / 1e9:.1f} GB/s (this machine's "
-        "read bandwidth, summing 512 MB); weights that stay in cache can beat it"
+        "floor = the bytes of weights one step reads, over the read bandwidth measured by "
+        f"summing an array of that size (from memory, 512 MB: {bandwidth / 1e9:.1f} GB/s)"
     )
 
 

@@ -350,11 +350,12 @@ class StreamBatch:
     Up to ``blas_from - 1`` streams a step is the streaming kernel (hand-written
     matrix-vector products; the results equal feeding each Stream alone, exactly). From
     ``blas_from`` streams on it is the model's batched forward pass, whose matrix products
-    go to BLAS (4x the throughput at 64 streams); the results then equal a lone Stream's to
-    float32 rounding (the products sum in another order), not bit for bit.
+    go to BLAS (LSTM 2x200, V=10000: at 8 streams the kernel is faster, at 64 BLAS, 14,500
+    against 9,500 tokens/s); the results then equal a lone Stream's to float32 rounding
+    (the products sum in another order), not bit for bit.
     """
 
-    def __init__(self, model, blas_from: int = 8):
+    def __init__(self, model, blas_from: int = 32):
         self._model = model
         self.blas_from = blas_from
 
