@@ -8,6 +8,7 @@ else, 130 after Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import math
 import sys
@@ -354,12 +355,16 @@ def cmd_generate(args) -> int:
     else:
         sys.stdout.write(prompt)
     word = model.vocab.kind == "word"
+    # bytes may split a character: decode them as they come, holding partial characters
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for token in stream.generate(
         prompt, max_tokens=args.tokens, stop=args.stop, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     ):  # fmt: skip
         if word:
             text = "\n" if token == "<eos>" else " " + token
+        elif model.vocab.kind == "byte":
+            text = utf8.decode(bytes([model.vocab.id(token)]))
         else:
             text = model.vocab.decode(np.array([model.vocab.id(token)]))
         sys.stdout.write(text)

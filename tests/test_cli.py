@@ -144,3 +144,18 @@ def test_generate_is_reproducible_with_a_seed(trained, capsys):
     assert code == 0, err
     assert run(argv, capsys)[1] == a and a.startswith("line")
     assert len(a.split()) >= 10
+
+
+def test_byte_level_model_trains_and_generates_text(tmp_path, capsys):
+    corpus = tmp_path / "u.txt"
+    corpus.write_text("héllo wörld ✓ naïve café\n" * 60, encoding="utf-8")
+    out = tmp_path / "b.rnnlm"
+    argv = ["train", "--train", corpus, "--out", out, "--level", "byte", "--layers", "1",
+            "--hidden", "16", "--batch-size", "4", "--bptt", "8", "--epochs", "1",
+            "--quiet"]  # fmt: skip
+    assert run(argv, capsys)[0] == 0
+    assert load(out).vocab.kind == "byte" and load(out).config.vocab_size == 256
+    code, text, err = run(["generate", out, "--prompt", "hé", "--tokens", "30", "--seed", "1"],
+                          capsys)  # fmt: skip
+    assert code == 0, err
+    assert text.startswith("hé")
