@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,6 @@ class ScoreTotal:
     tokens: int = 0
     logprob: float = 0.0
     oov: int = 0
-    per_line: list = field(default_factory=list, repr=False)  # unused; kept for symmetry
 
     @property
     def perplexity(self) -> float:
