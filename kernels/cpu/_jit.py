@@ -465,6 +465,37 @@ def _stream_log_softmax(logits, out):
             out[n, v] = logits[n, v] - lse
 
 
+@njit(parallel=True, fastmath=True, nogil=True, cache=True, error_model="numpy")
+def _stream_products2(w1, x1, b1, out1, w2, x2, b2, out2):
+    """Both products of a layer (input and recurrent) in one parallel loop: one fork and
+    join of the threads instead of two."""
+    G = w1.shape[0]
+    N = x1.shape[0]
+    for g in prange(G):
+        r1 = w1[g]
+        r2 = w2[g]
+        for n in range(N):
+            out1[n, g] = b1[g] + _dot(r1, x1[n])
+            out2[n, g] = b2[g] + _dot(r2, x2[n])
+
+
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
+def _log_softmax_serial(logits, out):
+    """log_softmax of each row on the calling thread (one or a few streams: a parallel
+    loop would cost more in its fork and join than it saves)."""
+    N, V = logits.shape
+    for n in range(N):
+        m = logits[n, 0]
+        for v in range(1, V):
+            m = max(m, logits[n, v])
+        s = np.float32(0.0)
+        for v in range(V):
+            s += _exp(logits[n, v] - m)
+        lse = m + np.log(s)
+        for v in range(V):
+            out[n, v] = logits[n, v] - lse
+
+
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
 def stream_step(
     cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
@@ -481,11 +512,18 @@ def stream_step(
         _stream_products(w_ih0, x0, b_ih[0], gx)
     for layer in range(L):
         if layer > 0:
-            _stream_products(w_ih[layer - 1], h_out[layer - 1], b_ih[layer], gx)
-        _stream_products(w_hh[layer], h_in[layer], b_hh[layer], gh)
+            _stream_products2(
+                w_ih[layer - 1], h_out[layer - 1], b_ih[layer], gx,
+                w_hh[layer], h_in[layer], b_hh[layer], gh,
+            )  # fmt: skip
+        else:
+            _stream_products(w_hh[layer], h_in[layer], b_hh[layer], gh)
         _stream_cell(cell, gx, gh, h_in[layer], c_in[layer], h_out[layer], c_out[layer])
     _stream_products(w_dec, h_out[L - 1], b_dec, logits)
-    _stream_log_softmax(logits, out)
+    if N < 4:
+        _log_softmax_serial(logits, out)
+    else:
+        _stream_log_softmax(logits, out)
 
 
 # ---------------------------------------------------------------------------- optimizer
