@@ -157,7 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives an optional positional its default when an option comes before it
+    # (rnnlm score MODEL --json FILE): take FILE from what was left over
+    if getattr(args, "command", None) == "score" and args.file == "-" and len(extra) == 1:
+        if not extra[0].startswith("-") or extra[0] == "-":
+            args.file, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
@@ -295,8 +302,9 @@ def cmd_score(args) -> int:
     from .model import load
 
     model = load(args.model)
+    errors = "replace" if args.replace_invalid else "strict"
     if args.file == "-":
-        lines = (line.rstrip("\n") for line in sys.stdin)
+        lines = _stdin_lines(errors)
     else:
         lines = Path(args.file)
         if not lines.is_file():
@@ -304,7 +312,7 @@ def cmd_score(args) -> int:
     scale = 1.0 / math.log(10) if args.log10 else 1.0
     scoring = model.score(
         lines, mode=args.mode, per_token=args.per_token, batch_size=args.batch_size,
-        errors="replace" if args.replace_invalid else "strict",
+        errors=errors,
     )  # fmt: skip
     out = sys.stdout
     for r in scoring:
@@ -333,6 +341,22 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _stdin_lines(errors: str):
+    """Lines of standard input, decoded as UTF-8 whatever the locale (like files); read
+    as bytes and decoded line by line, so that an error names its line."""
+    from .errors import VocabularyError
+
+    for n, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            line = raw.decode("utf-8", errors=errors)
+        except UnicodeDecodeError as e:
+            raise VocabularyError(
+                f"standard input: invalid UTF-8 in line {n} at byte {e.start} ({e.reason}); "
+                "pass --replace-invalid to substitute U+FFFD"
+            ) from None
+        yield line[:-1] if line.endswith("\n") else line
+
+
 # ---------------------------------------------------------------------------- generate
 
 
@@ -345,9 +369,9 @@ def cmd_generate(args) -> int:
     stream = model.stream()
     prompt = args.prompt
     if not prompt:  # start after a line end, as a text begins
-        boundary = model.vocab.eos_id if model.vocab.kind == "word" else None
-        if boundary is None and "\n" in model.vocab:
-            boundary = model.vocab.id("\n")
+        from .scoring import line_end_id
+
+        boundary = line_end_id(model.vocab)
         if boundary is None:
             raise InputError("give --prompt: this vocabulary has no line end to start from")
         stream.feed([boundary])

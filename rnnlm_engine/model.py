@@ -617,8 +617,11 @@ class Model:
         """L + 1 inverted-dropout masks for loss_and_grad: each element is 0 with
         probability p, else 1 / (1 - p); (T, B, E) for the embeddings, (T, B, H) for the
         output of each layer. Drawn from rng in a fixed order (reproducible)."""
-        if not 0.0 <= p < 1.0:
-            raise InputError(f"dropout probability must be in [0, 1); got {p!r}")
+        for name, v in (("T", T), ("B", B)):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+                raise InputError(f"{name} must be a positive integer; got {v!r}")
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
+            raise InputError(f"dropout probability must be a number in [0, 1); got {p!r}")
         c = self._config
         widths = [c.emb_size] + [c.hidden_size] * c.num_layers
         keep = np.float32(1.0 / (1.0 - p))

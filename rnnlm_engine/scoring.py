@@ -112,7 +112,8 @@ def _read_lines(source, errors: str) -> Iterator[str]:
 
 
 def _file_lines(path: Path, errors: str) -> Iterator[str]:
-    with open(path, encoding="utf-8", errors=errors, newline="") as f:
+    # newline="\n": a line ends at "\n" only ("\r" is text), as for wc -l and the CLI
+    with open(path, encoding="utf-8", errors=errors, newline="\n") as f:
         n = 0
         while True:
             n += 1
@@ -128,7 +129,8 @@ def _file_lines(path: Path, errors: str) -> Iterator[str]:
             yield line[:-1] if line.endswith("\n") else line
 
 
-def _boundary(vocab) -> int | None:
+def line_end_id(vocab) -> int | None:
+    """The id that ends a line (<eos>, "\\n", byte 10), or None if the vocabulary lacks it."""
     if vocab.kind == "word":
         return vocab.eos_id
     if vocab.kind == "byte":
@@ -159,7 +161,7 @@ def _encode_line(vocab, text: str, n: int, end: int | None) -> tuple[np.ndarray,
 
 def _sentences(model, lines: Iterable[str], per_token: bool, batch_size: int):
     vocab = model.vocab
-    start = _boundary(vocab)
+    start = line_end_id(vocab)
     n = 0
     it = iter(lines)
     while True:
@@ -225,7 +227,7 @@ def _line_score(line_no: int, lps: np.ndarray, oov: np.ndarray, per_token: bool)
 
 def _corpus(model, lines: Iterable[str], per_token: bool, batch_size: int):
     vocab = model.vocab
-    end = _boundary(vocab)
+    end = line_end_id(vocab)
     state = None
     prev = None  # the last token fed: the context of the next prediction
     n = 0
@@ -235,6 +237,11 @@ def _corpus(model, lines: Iterable[str], per_token: bool, batch_size: int):
     def flush():
         nonlocal state, prev, buffered
         ids = np.concatenate([p[1] for p in pending])
+        if ids.size == 0:  # lines without tokens (no line-end token in the vocabulary)
+            out = [_line_score(n_, ids_, oov, per_token) for n_, ids_, oov in pending]
+            pending.clear()
+            buffered = 0
+            return out
         if prev is None:  # the text's first token has no history: context only
             inputs, targets = ids[:-1], ids[1:]
             lps = np.concatenate([[np.nan], _run(inputs, targets)])

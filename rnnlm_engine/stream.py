@@ -156,6 +156,12 @@ class Stream:
             raise InputError("the snapshot's state does not fit this model")
         if snapshot.logprobs is not None and snapshot.logprobs.shape != (c.vocab_size,):
             raise InputError("the snapshot's log-probabilities do not fit this model")
+        for name, a in (("h", snapshot.h), ("c", snapshot.c), ("logprobs", snapshot.logprobs)):
+            if a is not None and not np.all(np.isfinite(a)):
+                raise InputError(f"the snapshot's {name} contains NaN or infinity")
+        if any(t >= c.vocab_size for t in snapshot.tokens):
+            raise InputError("the snapshot's tokens do not fit this model's vocabulary")
+        self._model._check_state_magnitude(snapshot.h[:, None, :])
         self._h = np.array(snapshot.h[:, None, :])
         self._c = None if snapshot.c is None else np.array(snapshot.c[:, None, :])
         self._logprobs = None if snapshot.logprobs is None else np.array(snapshot.logprobs)
@@ -277,15 +283,17 @@ class Stream:
         if prompt is not None and not (isinstance(prompt, str) and prompt == ""):
             self.feed(prompt)
         self._current()
-        text = ""
+        generated: list[int] = []
         for _ in range(int(max_tokens)):
             i = sample_id(self._logprobs, temperature, top_k, top_p, rng)
             self.feed([i])
             token = self._name(i)
             yield token
             if stop and self._vocab is not None:
-                text += self._vocab.decode(np.array([i]))
-                if any(text.endswith(s) for s in stop):
+                generated.append(i)
+                # decode everything generated so far: words need their separators
+                text = self._vocab.decode(np.array(generated, np.int64))
+                if any(text.rstrip("\n").endswith(s) or text.endswith(s) for s in stop):
                     return
 
 

@@ -271,6 +271,8 @@ class _Run:
         self.rollbacks = bad
         self.history: list[dict] = history
         self.spent_s = spent  # training seconds of earlier sessions of this run
+        # (tokens, loss sum, loss count, seconds) of the current epoch before a checkpoint
+        self.epoch_stats: tuple = (0, 0.0, 0, 0.0)
 
     def snapshot(self):
         """An in-memory copy to roll back to when the loss turns non-finite."""
@@ -324,6 +326,7 @@ def _training_state(run: _Run, config: TrainConfig, fingerprint: str) -> dict:
         "rng": json.dumps(run.rng.bit_generator.state),
         "data": fingerprint,
         "spent_s": run.spent_s,
+        "epoch_stats": list(run.epoch_stats),
     }
     return {"tensors": tensors, "values": values}
 
@@ -358,6 +361,19 @@ def _save_model(path, model: Model, vocab, metadata, training=None) -> None:
 
 
 def _resume(path, config: TrainConfig, vocab: Vocabulary, fingerprint: str, backend):
+    """The run saved in a checkpoint. A checkpoint whose training state is malformed
+    raises ModelFileError naming the file; one of other settings or data, ConfigError."""
+    try:
+        return _resume_unchecked(path, config, vocab, fingerprint, backend)
+    except RnnlmError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ModelFileError(
+            f"{path}: the checkpoint's training state is malformed ({type(e).__name__}: {e})"
+        ) from None
+
+
+def _resume_unchecked(path, config, vocab, fingerprint, backend):
     f = modelfile.load(path)
     if f.training is None or f.training.get("values", {}).get("kind") != "checkpoint":
         raise ModelFileError(f"{path}: not a training checkpoint (it holds no training state)")
@@ -408,6 +424,8 @@ def _resume(path, config: TrainConfig, vocab: Vocabulary, fingerprint: str, back
         float(values["spent_s"]),
     )
     run.best_saved_loss = float(values["best_saved_loss"])
+    tokens, loss_sum, loss_n, seconds = values["epoch_stats"]
+    run.epoch_stats = (int(tokens), float(loss_sum), int(loss_n), float(seconds))
     return run
 
 
@@ -494,8 +512,10 @@ def train(
     good = run.snapshot()
     with _StopFlag() as stop:
         while run.epoch <= config.epochs:
-            epoch_t0 = time.monotonic()
-            tokens, loss_sum, loss_n = 0, 0.0, 0
+            # this epoch's running figures, carried over from the checkpoint on resume
+            tokens, loss_sum, loss_n, before_s = run.epoch_stats
+            run.epoch_stats = (0, 0.0, 0, 0.0)
+            epoch_t0 = time.monotonic() - before_s
             while run.window < n_windows:
                 if stop.requested or (config.max_time is not None and elapsed() >= config.max_time):
                     stopped = "interrupted" if stop.requested else "max_time"
@@ -538,6 +558,7 @@ def train(
                 if config.checkpoint_every > 0 and (
                     time.monotonic() - last_checkpoint >= 60.0 * config.checkpoint_every
                 ):
+                    run.epoch_stats = (tokens, loss_sum, loss_n, time.monotonic() - epoch_t0)
                     save_checkpoint()
                     good = run.snapshot()
             if stopped != "done":
@@ -565,6 +586,7 @@ def train(
             entry["partial"] = True
             validate_and_keep(entry)
         if stopped != "done":
+            run.epoch_stats = (tokens, loss_sum, loss_n, time.monotonic() - epoch_t0)
             save_checkpoint()
             why = "Ctrl-C" if stopped == "interrupted" else "time limit"
             progress.message(

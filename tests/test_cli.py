@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -159,3 +160,29 @@ def test_byte_level_model_trains_and_generates_text(tmp_path, capsys):
                           capsys)  # fmt: skip
     assert code == 0, err
     assert text.startswith("hé")
+
+
+def test_score_accepts_options_before_the_file_and_generate_needs_no_prompt(
+    trained, tmp_path, capsys
+):
+    text = tmp_path / "s.txt"
+    text.write_text("line 1 says a\n", encoding="utf-8")
+    code, out, err = run(["score", trained, "--json", text], capsys)
+    assert code == 0, err
+    assert json.loads(out)["tokens"] == 5
+    code, out, err = run(["generate", trained, "--tokens", "5", "--seed", "2"], capsys)
+    assert code == 0, err and out.strip()
+
+
+def test_score_reads_stdin_as_utf8_and_reports_invalid_bytes(trained):
+    bad = b"line 1 says a\n" + b"line \xff2\n"
+    cmd = [sys.executable, "-m", "rnnlm_engine.cli", "score", str(trained), "-"]
+    env = dict(os.environ, PYTHONIOENCODING="utf-8:strict", LC_ALL="C")
+    proc = subprocess.run(cmd, input=bad, capture_output=True, env=env)
+    assert proc.returncode == 2
+    err = proc.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "invalid UTF-8 in line 2" in err[0] and "--replace-invalid" in err[0]
+    proc = subprocess.run(
+        [*cmd, "--replace-invalid"], input=b"line 1 says a\n", capture_output=True, env=env
+    )
+    assert proc.returncode == 0 and proc.stdout.decode().split("\t")[1] == "5"

@@ -1207,7 +1207,7 @@ def test_dropout_masks_are_validated():
     bad[1] = np.full((3, 2, 5), np.nan, np.float32)
     with pytest.raises(InputError, match="dropout mask 1 contains NaN"):
         model.loss_and_grad(ids, ids, dropout_masks=bad)
-    with pytest.raises(InputError, match=r"dropout probability must be in \[0, 1\)"):
+    with pytest.raises(InputError, match=r"dropout probability must be a number in \[0, 1\)"):
         model.dropout_masks(3, 2, 1.0, np.random.default_rng(0))
 
 

@@ -114,3 +114,24 @@ def test_bad_arguments():
     )
     with pytest.raises(InputError, match="needs a model with a vocabulary"):
         bare.score(LINES)
+
+
+def test_a_carriage_return_does_not_end_a_line_in_a_file(tmp_path):
+    _, _, model = word_model()
+    path = tmp_path / "cr.txt"
+    path.write_bytes(b"the cat\rsat\non the mat\n")
+    results = list(model.score(path))
+    assert [r.line for r in results] == [1, 2]
+
+
+def test_corpus_mode_with_empty_lines_and_no_line_end_token():
+    vocab = Vocabulary.build("abcab", "char")  # no "\n" in the vocabulary
+    config = ModelConfig("rnn", len(vocab), 3, 3, 1)
+    rng = np.random.default_rng(0)
+    sd = {
+        n: rng.uniform(-0.5, 0.5, s).astype(np.float32)
+        for n, s in config.parameter_shapes().items()
+    }
+    model = Model.from_state_dict(sd, cell="rnn", vocab=vocab)
+    results = list(model.score(["", "abc", ""], mode="corpus"))
+    assert [r.tokens for r in results] == [0, 2, 0]

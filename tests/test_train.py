@@ -127,6 +127,8 @@ def test_ctrl_c_then_resume_ends_with_the_same_weights_bit_for_bit(data, tmp_pat
     for name in a_best:
         np.testing.assert_array_equal(a_best[name], b_best[name], err_msg=name)
     assert [e["valid_loss"] for e in full.history] == [e["valid_loss"] for e in rest.history]
+    # the interrupted epoch's training loss counts its windows from before the interruption
+    assert [e["train_loss"] for e in full.history] == [e["train_loss"] for e in rest.history]
 
 
 def test_resume_refuses_other_settings_or_data(data, tmp_path):
@@ -228,3 +230,18 @@ def test_adam_class_matches_the_oracle_over_steps():
             )
     for n in shapes:
         np.testing.assert_allclose(params[n], p64[n], rtol=1e-5, atol=1e-6)
+
+
+def test_a_malformed_checkpoint_is_a_model_file_error(data, tmp_path):
+    from rnnlm_engine.errors import ModelFileError
+
+    vocab, train_ids, valid_ids = data
+    out = tmp_path / "m.rnnlm"
+    train(train_ids, valid_ids, vocab, small_config(epochs=1), out, progress=Silent())
+    ckpt = modelfile.load(tmp_path / "m.rnnlm.ckpt")
+    broken = tmp_path / "broken.ckpt"
+    modelfile.save(broken, config=ckpt.config, tensors=dict(ckpt.tensors), vocab=ckpt.vocab,
+                   training={"tensors": {}, "values": {"kind": "checkpoint"}})  # fmt: skip
+    with pytest.raises(ModelFileError, match="broken.ckpt: the checkpoint's training state"):
+        train(train_ids, valid_ids, vocab, small_config(epochs=2), out, resume=broken,
+              progress=Silent())  # fmt: skip
