@@ -205,6 +205,33 @@ def _split(ids: np.ndarray, fraction: float):
     return ids[:cut], ids[cut:]
 
 
+# train options that shape the run: on --resume they must be left out or equal the
+# checkpoint's (option name, TrainConfig field)
+_RUN_OPTIONS = [
+    ("cell", "cell"), ("layers", "num_layers"), ("hidden", "hidden_size"),
+    ("emb", "emb_size"), ("tied", "tied"), ("dropout", "dropout"),
+    ("init_range", "init_range"), ("optimizer", "optimizer"), ("lr", "lr"),
+    ("lr_decay", "lr_decay"), ("decay_start", "decay_start"), ("clip", "clip"),
+    ("batch_size", "batch_size"), ("bptt", "bptt"), ("seed", "seed"),
+]  # fmt: skip
+
+
+def _refuse_changed_settings(args, config) -> None:
+    """An option given with --resume (differing from its default) must match the run."""
+    defaults = build_parser().parse_args(["train", "--out", "x"])
+    changed = [
+        f"--{opt.replace('_', '-')} {getattr(args, opt)!r} (the run has {getattr(config, field)!r})"
+        for opt, field in _RUN_OPTIONS
+        if getattr(args, opt) != getattr(defaults, opt)
+        and getattr(args, opt) != getattr(config, field)
+    ]
+    if changed:
+        raise InputError(
+            f"--resume continues a run with its own settings; these differ: {', '.join(changed)}"
+            "; only --epochs, --max-time and --checkpoint-every may change"
+        )
+
+
 def cmd_train(args) -> int:
     from .modelfile import load as load_file
     from .train import Progress, TrainConfig, train
@@ -223,7 +250,11 @@ def cmd_train(args) -> int:
             changes["epochs"] = args.epochs
         if args.checkpoint_every is not None:
             changes["checkpoint_every"] = args.checkpoint_every
-        config = TrainConfig.from_dict(values["train_config"] | changes)
+        try:
+            config = TrainConfig.from_dict(values["train_config"] | changes)
+        except (KeyError, TypeError) as e:
+            raise InputError(f"{args.resume}: malformed training settings ({e})") from None
+        _refuse_changed_settings(args, config)
         cli = f.metadata.get("cli", {})
         args.train = args.train or cli.get("train")
         args.valid = args.valid or cli.get("valid")

@@ -60,6 +60,10 @@ def test_resume_from_the_checkpoint_alone(corpus, tmp_path, capsys):
     assert run(["train", "--out", out, "--resume", f"{out}.ckpt", "--quiet"], capsys)[0] == 0
     assert load(f"{out}.ckpt").metadata["epochs_completed"] == 2
     code, _, err = run(
+        ["train", "--out", out, "--resume", f"{out}.ckpt", "--lr", "0.5", "--quiet"], capsys
+    )
+    assert code == 2 and "--lr 0.5 (the run has 0.002)" in err
+    code, _, err = run(
         ["train", "--out", out, "--resume", f"{out}.ckpt", "--epochs", "3", "--quiet"], capsys
     )
     assert code == 0, err
