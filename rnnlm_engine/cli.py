@@ -412,16 +412,18 @@ def cmd_generate(args) -> int:
     word = model.vocab.kind == "word"
     # bytes may split a character: decode them as they come, holding partial characters
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    vocab = model.vocab
     for token in stream.generate(
         prompt, max_tokens=args.tokens, stop=args.stop, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     ):  # fmt: skip
+        i = vocab.id(token)
         if word:
-            text = "\n" if token == "<eos>" else " " + token
-        elif model.vocab.kind == "byte":
-            text = utf8.decode(bytes([model.vocab.id(token)]))
+            text = "\n" if i == vocab.eos_id else " " + token
+        elif vocab.kind == "byte":
+            text = utf8.decode(bytes([i]))
         else:
-            text = model.vocab.decode(np.array([model.vocab.id(token)]))
+            text = vocab.decode(np.array([i]))
         sys.stdout.write(text)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -529,26 +531,14 @@ def cmd_demo(args) -> int:
         f"(the model is in {result.out})"
     )
     model = load(result.out)
-    rng = np.random.default_rng(args.seed)
     # a prompt the vocabulary can encode: "The " when it can, else the text's first word
     prompt = "The " if all(ch in vocab for ch in "The ") else text.split(maxsplit=1)[0]
+    stream = model.stream()
+    for _ in stream.generate(prompt, max_tokens=args.sample, temperature=0.8, seed=args.seed):
+        pass
     print("\nsample (temperature 0.8):\n")
-    print(sample_text(model, prompt, args.sample, 0.8, rng))
+    print(vocab.decode(np.array(stream.tokens, np.int64)))  # the prompt and what followed
     return 0
-
-
-def sample_text(model, prompt: str, n: int, temperature: float, rng) -> str:
-    """Feed the prompt, then draw n tokens one at a time (a stand-in for Stream.generate)."""
-    vocab = model.vocab
-    ids = vocab.encode(prompt)
-    logprobs, state = model.forward(ids.reshape(-1, 1))
-    out = []
-    for _ in range(n):
-        p = np.exp((logprobs[-1, 0].astype(np.float64)) / temperature)
-        nxt = int(rng.choice(len(p), p=p / p.sum()))
-        out.append(nxt)
-        logprobs, state = model.forward(np.array([[nxt]]), state)
-    return prompt + vocab.decode(np.array(out, np.int64))
 
 
 if __name__ == "__main__":

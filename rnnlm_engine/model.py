@@ -167,15 +167,17 @@ class Model:
         """Metadata from the model's file (training metrics, ...); empty if none."""
         return dict(self._metadata)
 
-    def save(self, path, metadata: dict | None = None) -> None:
+    def save(self, path, metadata: dict | None = None, training: dict | None = None) -> None:
         """Write the model (weights, config, vocabulary, metadata) to a model file,
-        atomically: a crash during the write leaves any previous file at path intact."""
+        atomically: a crash during the write leaves any previous file at path intact.
+        training: the state a checkpoint adds (see docs/FORMAT.md; written by train)."""
         modelfile.save(
             path,
             config=self._config,
             tensors=self._parameters(),
             vocab=None if self._vocab is None else self._vocab.to_dict(),
             metadata=self._metadata if metadata is None else metadata,
+            training=training,
         )
 
     def _parameters(self) -> dict[str, np.ndarray]:
@@ -418,12 +420,12 @@ class Model:
         return self._fingerprint
 
     def _step(self, ids: np.ndarray, h: np.ndarray, c: np.ndarray | None):
-        """One streaming step for N streams: ids (N,) int64 (checked by the caller), state
-        h, c (L, N, H) -> (new h, new c, logprobs (N, V)), all fresh arrays: the state
-        given is never modified."""
+        """T streaming steps for N streams: ids (T, N) int64 (checked by the caller), state
+        h, c (L, N, H) -> (new h, new c, logprobs (N, V) after the last step), all fresh
+        arrays: the state given is never modified."""
         k, cfg = self._k, self._config
         w = self._streaming_weights()
-        N = ids.shape[0]
+        N = ids.shape[1]
         L, H, G, V = cfg.num_layers, cfg.hidden_size, cfg.gate_rows, cfg.vocab_size
         c_in = c if c is not None else self._work("stream_c0", (L, N, H))
         h_out = k.empty((L, N, H), np.float32)

@@ -17,6 +17,7 @@ read in chunks of lines, so memory stays bounded whatever the size of the input.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -159,21 +160,20 @@ def _encode_line(vocab, text: str, n: int, end: int | None) -> tuple[np.ndarray,
     return np.array(ids, np.int64), np.array(oov, bool)
 
 
+def _encoded_lines(vocab, lines: Iterable[str], end: int | None):
+    """(line number, ids, oov flags) of each line, numbered from 1."""
+    for n, text in enumerate(lines, start=1):
+        if not isinstance(text, str):
+            raise InputError(f"line {n} is a {type(text).__name__}, not str")
+        ids, oov = _encode_line(vocab, text.rstrip("\n"), n, end)
+        yield n, ids, oov
+
+
 def _sentences(model, lines: Iterable[str], per_token: bool, batch_size: int):
-    vocab = model.vocab
-    start = line_end_id(vocab)
-    n = 0
-    it = iter(lines)
+    start = line_end_id(model.vocab)
+    encoded = _encoded_lines(model.vocab, lines, start)
     while True:
-        chunk = []
-        for text in it:
-            n += 1
-            if not isinstance(text, str):
-                raise InputError(f"line {n} is a {type(text).__name__}, not str")
-            ids, oov = _encode_line(vocab, text.rstrip("\n"), n, start)
-            chunk.append((n, ids, oov))
-            if len(chunk) == CHUNK_LINES:
-                break
+        chunk = list(itertools.islice(encoded, CHUNK_LINES))
         if not chunk:
             return
         results: dict[int, LineScore] = {}
@@ -226,39 +226,12 @@ def _line_score(line_no: int, lps: np.ndarray, oov: np.ndarray, per_token: bool)
 
 
 def _corpus(model, lines: Iterable[str], per_token: bool, batch_size: int):
-    vocab = model.vocab
-    end = line_end_id(vocab)
     state = None
     prev = None  # the last token fed: the context of the next prediction
-    n = 0
     pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # lines waiting to be scored
     buffered = 0
 
-    def flush():
-        nonlocal state, prev, buffered
-        ids = np.concatenate([p[1] for p in pending])
-        if ids.size == 0:  # lines without tokens (no line-end token in the vocabulary)
-            out = [_line_score(n_, ids_, oov, per_token) for n_, ids_, oov in pending]
-            pending.clear()
-            buffered = 0
-            return out
-        if prev is None:  # the text's first token has no history: context only
-            inputs, targets = ids[:-1], ids[1:]
-            lps = np.concatenate([[np.nan], _run(inputs, targets)])
-        else:
-            inputs = np.concatenate([[prev], ids[:-1]])
-            lps = _run(inputs, ids)
-        prev = int(ids[-1])
-        at = 0
-        out = []
-        for line_no, line_ids, oov in pending:
-            out.append(_line_score(line_no, lps[at : at + len(line_ids)], oov, per_token))
-            at += len(line_ids)
-        pending.clear()
-        buffered = 0
-        return out
-
-    def _run(inputs, targets):
+    def run(inputs, targets):
         nonlocal state
         res = np.empty(len(targets), np.float32)
         for i in range(0, len(targets), CORPUS_WINDOW):
@@ -267,14 +240,28 @@ def _corpus(model, lines: Iterable[str], per_token: bool, batch_size: int):
             res[i:j] = lp[:, 0]
         return res
 
-    for text in lines:
-        n += 1
-        if not isinstance(text, str):
-            raise InputError(f"line {n} is a {type(text).__name__}, not str")
-        ids, oov = _encode_line(vocab, text.rstrip("\n"), n, end)
-        pending.append((n, ids, oov))
-        buffered += len(ids)
+    def flush():
+        nonlocal prev
+        ids = np.concatenate([line_ids for _, line_ids, _ in pending])
+        if ids.size == 0:  # lines without tokens (no line-end token in the vocabulary)
+            lps = np.empty(0, np.float32)
+        elif prev is None:  # the text's first token has no history: context only
+            lps = np.concatenate([[np.nan], run(ids[:-1], ids[1:])])
+        else:
+            lps = run(np.concatenate([[prev], ids[:-1]]), ids)
+        if ids.size:
+            prev = int(ids[-1])
+        at = 0
+        for line_no, line_ids, oov in pending:
+            yield _line_score(line_no, lps[at : at + len(line_ids)], oov, per_token)
+            at += len(line_ids)
+        pending.clear()
+
+    for line in _encoded_lines(model.vocab, lines, line_end_id(model.vocab)):
+        pending.append(line)
+        buffered += len(line[1])
         if buffered >= CORPUS_WINDOW * 8:
             yield from flush()
+            buffered = 0
     if pending:
         yield from flush()

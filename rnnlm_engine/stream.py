@@ -2,9 +2,10 @@
 
 A Stream owns its recurrent state; the Model it reads is immutable and may serve any
 number of Streams in any number of threads (one Stream is not shared between threads:
-``fork()`` it). Every step is one call of the backend's ``stream_step`` kernel (embedding,
-every layer, decoder and log-softmax together), so feeding a chunk gives exactly what
-feeding its tokens one at a time gives. A call that fails leaves the Stream as it was.
+``fork()`` it). Every feed is one call of the backend's ``stream_step`` kernel, which runs
+the embedding and every layer for each token and the decoder and log-softmax after the
+last, so feeding a chunk gives exactly what feeding its tokens one at a time gives. A call
+that fails leaves the Stream as it was.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
-from .errors import InputError, VocabularyError
+from .errors import InputError
 from .model import State
 
 SNAPSHOT_FORMAT = "rnnlm-engine stream state"
@@ -184,10 +185,9 @@ class Stream:
         """Advance over the tokens of a text (encoded with the model's vocabulary) or of a
         sequence of ids; returns the log-probabilities (V,) float32 of the next token."""
         ids = self._ids(text_or_ids)
-        h, c = self._h, self._c
-        logprobs = None
-        for i in ids:
-            h, c, logprobs = self._model._step(np.array([i], np.int64), h, c)
+        # one kernel call for the whole chunk, which computes exactly what feeding its
+        # tokens one by one does, but the decoder only after the last
+        h, c, logprobs = self._model._step(ids.reshape(-1, 1), self._h, self._c)
         # only now, after every step ran: a failed call changes nothing
         self._h, self._c = h, c
         self._logprobs = logprobs[0]
@@ -199,7 +199,8 @@ class Stream:
         if isinstance(text_or_ids, str):
             if self._vocab is None:
                 raise InputError("this model has no vocabulary: feed token ids, not text")
-            ids = encode_fragment(self._vocab, text_or_ids)
+            # a fragment of streamed text: <eos> only where it has a newline
+            ids = self._vocab.encode(text_or_ids, final_eos=False)
         else:
             try:
                 ids = np.asarray(text_or_ids)
@@ -297,24 +298,6 @@ class Stream:
                     return
 
 
-def encode_fragment(vocab, text: str) -> np.ndarray:
-    """Ids of a piece of streamed text. Unlike Vocabulary.encode, a word-level fragment
-    gets <eos> only where it has a newline: "the cat" is two tokens, "the cat\\n" three."""
-    if vocab.kind != "word":
-        return vocab.encode(text)
-    lines = text.split("\n")
-    ids: list[int] = []
-    for n, line in enumerate(lines):
-        for word in line.split():
-            try:
-                ids.append(vocab.id(word))
-            except VocabularyError as e:
-                raise VocabularyError(f"{e} (in line {n + 1} of the text fed)") from None
-        if n < len(lines) - 1:
-            ids.append(vocab.eos_id)
-    return np.array(ids, np.int64)
-
-
 def _generator(seed, default):
     if seed is None:
         return default
@@ -403,7 +386,7 @@ class StreamBatch:
             lp, state = self._model.forward(ids[None, :], State(h, c))
             h_out, c_out, logprobs = state.h, state.c, lp[0]
         else:
-            h_out, c_out, logprobs = self._model._step(ids, h, c)
+            h_out, c_out, logprobs = self._model._step(ids.reshape(1, -1), h, c)
         out = []
         for n, s in enumerate(streams):
             s._h = np.ascontiguousarray(h_out[:, n : n + 1])

@@ -349,17 +349,6 @@ def _metadata(run: _Run, config: TrainConfig, vocab: Vocabulary) -> dict:
     return meta
 
 
-def _save_model(path, model: Model, vocab, metadata, training=None) -> None:
-    modelfile.save(
-        path,
-        config=model.config,
-        tensors=model._parameters(),
-        vocab=vocab.to_dict(),
-        metadata=metadata,
-        training=training,
-    )
-
-
 def _resume(path, config: TrainConfig, vocab: Vocabulary, fingerprint: str, backend):
     """The run saved in a checkpoint. A checkpoint whose training state is malformed
     raises ModelFileError naming the file; one of other settings or data, ConfigError."""
@@ -492,7 +481,7 @@ def train(
         improved = entry["valid_loss"] < run.best_saved_loss
         if improved:
             run.best_saved_loss = entry["valid_loss"]
-            _save_model(out, run.model, vocab, metadata())
+            run.model.save(out, metadata())
         progress.message(_epoch_line(entry, vocab, improved))
         return improved
 
@@ -504,9 +493,7 @@ def train(
         run.spent_s = elapsed()
         if checkpoint is None:
             return
-        _save_model(
-            checkpoint, run.model, vocab, metadata(), _training_state(run, config, fingerprint)
-        )
+        run.model.save(checkpoint, metadata(), _training_state(run, config, fingerprint))
         last_checkpoint = time.monotonic()
 
     good = run.snapshot()

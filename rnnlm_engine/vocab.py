@@ -264,10 +264,12 @@ class Vocabulary:
 
     # ---- text <-> ids --------------------------------------------------------------------
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str, *, final_eos: bool = True) -> np.ndarray:
         """Token ids of ``text``: an int64 array of shape (T,).
 
-        Unknown tokens become unk_id when the vocabulary has "<unk>".
+        Unknown tokens become unk_id when the vocabulary has "<unk>". Word vocabularies
+        end a last line without a newline with "<eos>" too, unless final_eos is False (a
+        fragment of streamed text: "the cat" is two tokens, "the cat\n" three).
 
         Raises:
             VocabularyError: text is not a str; an unknown token and no "<unk>" (the message
@@ -279,7 +281,7 @@ class Vocabulary:
         if self._kind == "char":
             return self._encode_chars(text)
         if self._kind == "word":
-            return self._encode_words(text)
+            return self._encode_words(text, final_eos)
         try:
             data = text.encode("utf-8")
         except UnicodeEncodeError as e:
@@ -320,11 +322,11 @@ class Vocabulary:
         pos = np.minimum(np.searchsorted(self._astral_cps, cps), len(self._astral_cps) - 1)
         return np.where(self._astral_cps[pos] == cps, self._astral_ids[pos], -1)
 
-    def _encode_words(self, text: str) -> np.ndarray:
+    def _encode_words(self, text: str, final_eos: bool) -> np.ndarray:
         # "\n" is whitespace to split(), so one split of the whole text gives every line's
         # words; a literal "<eos>" word maps to eos_id either way
         words = text.replace("\n", f" {EOS} ").split()
-        if text and not text.endswith("\n"):
+        if final_eos and text and not text.endswith("\n"):
             words.append(EOS)
         index = self._index
         try:

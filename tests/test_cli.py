@@ -175,7 +175,8 @@ def test_score_accepts_options_before_the_file_and_generate_needs_no_prompt(
     assert code == 0, err
     assert json.loads(out)["tokens"] == 5
     code, out, err = run(["generate", trained, "--tokens", "5", "--seed", "2"], capsys)
-    assert code == 0, err and out.strip()
+    assert code == 0, err
+    assert out.strip()
 
 
 def test_score_reads_stdin_as_utf8_and_reports_invalid_bytes(trained):

@@ -394,11 +394,12 @@ def xent_finish(m, s, target_logit, nll):
 
 
 # ---------------------------------------------------------------------------- streaming
-# One time step for N independent streams (one token each), the whole model in one call:
-# layer 0's input projection, every layer, the decoder and the log-softmax, with no Python
-# in between. Matrix-vector products are hand-written dots (a row of W against each
-# stream's vector: every weight is read once per step whatever N is); the parallel loops
-# run over weight rows. Shapes: ids (N,) int64; table (V, G) layer 0's input projection
+# T time steps for N independent streams (a token each per step), the whole model in one
+# call: layer 0's input projection, every layer, then, after the last step only, the
+# decoder and the log-softmax, with no Python in between. Matrix-vector products are
+# hand-written dots (a row of W against each stream's vector: every weight is read once
+# per step whatever N is); the parallel loops run over weight rows. Shapes: ids (T, N)
+# int64; table (V, G) layer 0's input projection
 # with b_ih0 (or (0, G) to compute it from emb (V, E) and w_ih0 (G, E)); w_ih (L - 1, G, H)
 # for layers 1.. ; b_ih, b_hh (L, G); w_hh (L, G, H); w_dec (V, H), b_dec (V,); h_in,
 # c_in (L, N, H) read; h_out, c_out (L, N, H) written (never the same arrays: a stream's
@@ -450,19 +451,25 @@ def _stream_cell(cell, gx, gh, h_prev, c_prev, h_new, c_new):
                 h_new[n, j] = _tanh(gx[n, j] + gh[n, j])
 
 
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy", inline="always")
+def _log_softmax_row(logits, out):
+    """out (V,) = log_softmax(logits (V,))."""
+    V = logits.shape[0]
+    m = logits[0]
+    for v in range(1, V):
+        m = max(m, logits[v])
+    s = np.float32(0.0)
+    for v in range(V):
+        s += _exp(logits[v] - m)
+    lse = m + np.log(s)
+    for v in range(V):
+        out[v] = logits[v] - lse
+
+
 @njit(parallel=True, fastmath=True, nogil=True, cache=True, error_model="numpy")
 def _stream_log_softmax(logits, out):
-    N, V = logits.shape
-    for n in prange(N):
-        m = logits[n, 0]
-        for v in range(1, V):
-            m = max(m, logits[n, v])
-        s = np.float32(0.0)
-        for v in range(V):
-            s += _exp(logits[n, v] - m)
-        lse = m + np.log(s)
-        for v in range(V):
-            out[n, v] = logits[n, v] - lse
+    for n in prange(logits.shape[0]):
+        _log_softmax_row(logits[n], out[n])
 
 
 @njit(parallel=True, fastmath=True, nogil=True, cache=True, error_model="numpy")
@@ -483,24 +490,16 @@ def _stream_products2(w1, x1, b1, out1, w2, x2, b2, out2):
 def _log_softmax_serial(logits, out):
     """log_softmax of each row on the calling thread (one or a few streams: a parallel
     loop would cost more in its fork and join than it saves)."""
-    N, V = logits.shape
-    for n in range(N):
-        m = logits[n, 0]
-        for v in range(1, V):
-            m = max(m, logits[n, v])
-        s = np.float32(0.0)
-        for v in range(V):
-            s += _exp(logits[n, v] - m)
-        lse = m + np.log(s)
-        for v in range(V):
-            out[n, v] = logits[n, v] - lse
+    for n in range(logits.shape[0]):
+        _log_softmax_row(logits[n], out[n])
 
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
-def stream_step(
-    cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
-    h_in, c_in, h_out, c_out, gx, gh, x0, logits, out,
+def _stream_layers(
+    cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, h_in, c_in, h_out, c_out, gx, gh, x0,
 ):  # fmt: skip
+    """Every layer for one step of N streams: ids (N,), state in h_in, c_in, out h_out,
+    c_out."""
     L = w_hh.shape[0]
     N = ids.shape[0]
     if table.shape[0] > 0:
@@ -519,7 +518,38 @@ def stream_step(
         else:
             _stream_products(w_hh[layer], h_in[layer], b_hh[layer], gh)
         _stream_cell(cell, gx, gh, h_in[layer], c_in[layer], h_out[layer], c_out[layer])
-    _stream_products(w_dec, h_out[L - 1], b_dec, logits)
+
+
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
+def stream_step(
+    cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
+    h_in, c_in, h_out, c_out, gx, gh, x0, logits, out,
+):  # fmt: skip
+    T, N = ids.shape
+    if T == 1:
+        _stream_layers(
+            cell, ids[0], table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, h_in, c_in, h_out,
+            c_out, gx, gh, x0,
+        )  # fmt: skip
+    else:  # the state passes through two buffers of our own, then into h_out, c_out
+        ha, ca = np.empty_like(h_out), np.empty_like(c_out)
+        hb, cb = np.empty_like(h_out), np.empty_like(c_out)
+        _stream_layers(
+            cell, ids[0], table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, h_in, c_in, ha, ca,
+            gx, gh, x0,
+        )  # fmt: skip
+        for t in range(1, T - 1):
+            _stream_layers(
+                cell, ids[t], table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, ha, ca, hb, cb,
+                gx, gh, x0,
+            )  # fmt: skip
+            ha, hb = hb, ha
+            ca, cb = cb, ca
+        _stream_layers(
+            cell, ids[T - 1], table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, ha, ca, h_out,
+            c_out, gx, gh, x0,
+        )  # fmt: skip
+    _stream_products(w_dec, h_out[w_hh.shape[0] - 1], b_dec, logits)
     if N < 4:
         _log_softmax_serial(logits, out)
     else:
