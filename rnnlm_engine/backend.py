@@ -14,8 +14,13 @@ through ``get_backend``. It provides, with the contracts documented in ``kernels
   cross-entropy together, in blocks, with ``xent_block`` and ``xent_finish``);
 - optimizer: ``sum_of_squares``, ``scale_inplace``, ``sgd_update``, ``adam_update``.
 
-So a CUDA backend with the same names slots in beside the CPU one without touching the
-model. Every array argument of a kernel is distinct from every other (no aliasing).
+and the array plumbing the model needs without touching the arrays itself (a CUDA
+device array supports none of numpy's operators): ``is_array``, ``clone``, ``copy``,
+``add_bias``, ``stack``, ``gather_streams``, ``stream_state``, ``freeze``, ``thaw``,
+``max_abs``; ``stream_step`` and ``STREAM_CELLS`` for streaming.
+
+The CUDA backend (``kernels/cuda``) has the same names, so the model runs on either.
+Every array argument of a kernel is distinct from every other (no aliasing).
 """
 
 from __future__ import annotations
@@ -26,14 +31,36 @@ from types import ModuleType
 
 from .errors import BackendError
 
-BACKENDS = ("cpu",)
+BACKENDS = ("cpu", "cuda")
+CHOICES = (*BACKENDS, "auto")
 ENV_VAR = "RNNLM_BACKEND"
 
 
 def get_backend(name: str | None = None) -> ModuleType:
-    """The backend module for ``name`` ("cpu"; None reads $RNNLM_BACKEND, default "cpu")."""
+    """The backend module for ``name``: "cpu", "cuda", or "auto" (cuda where a GPU is
+    usable, else cpu); None reads $RNNLM_BACKEND, default "cpu".
+
+    Asking for cuda where it cannot run raises BackendError saying why. The cpu backend
+    never touches CUDA, and importing rnnlm_engine never needs it.
+    """
     if name is None:
         name = os.environ.get(ENV_VAR, "cpu")
-    if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}; available here: {', '.join(BACKENDS)}")
-    return importlib.import_module(f"rnnlm_engine.kernels.{name}")
+    if name not in CHOICES:
+        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(CHOICES)}")
+    if name == "cpu":
+        return importlib.import_module("rnnlm_engine.kernels.cpu")
+    try:
+        cuda = importlib.import_module("rnnlm_engine.kernels.cuda")
+    except ImportError as e:
+        reason = f"numba's CUDA target cannot be imported ({e})"
+    else:
+        reason = cuda.unavailable_reason()
+        if reason is None:
+            return cuda
+    if name == "auto":
+        return importlib.import_module("rnnlm_engine.kernels.cpu")
+    raise BackendError(
+        f"backend 'cuda' cannot run here: {reason}. It needs an NVIDIA GPU with its driver "
+        "(no CUDA toolkit: numba brings the compiler); use backend 'cpu' (the default) or "
+        "'auto'"
+    )

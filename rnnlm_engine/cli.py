@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .backend import CHOICES, ENV_VAR
 from .errors import InputError, RnnlmError
 
 EXIT_USAGE = 2
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     common.add_argument("--quiet", action="store_true", help="no progress or messages")
+    common.add_argument(
+        "--backend",
+        choices=CHOICES,
+        default=None,
+        help=f"where the kernels run (default: ${ENV_VAR}, else cpu; auto: cuda if usable)",
+    )
 
     t = sub.add_parser("train", parents=[common], help="train a model on a text file")
     t.add_argument("--train", metavar="FILE", help="training text (UTF-8)")
@@ -316,6 +323,7 @@ def cmd_train(args) -> int:
         resume=args.resume,
         progress=progress,
         extra_metadata={"cli": cli_info},
+        backend=args.backend,
     )
     if result.out is not None:
         v = result.best_valid_loss
@@ -332,7 +340,7 @@ def cmd_train(args) -> int:
 def cmd_score(args) -> int:
     from .model import load
 
-    model = load(args.model)
+    model = load(args.model, backend=args.backend)
     errors = "replace" if args.replace_invalid else "strict"
     if args.file == "-":
         lines = _stdin_lines(errors)
@@ -394,7 +402,7 @@ def _stdin_lines(errors: str):
 def cmd_generate(args) -> int:
     from .model import load
 
-    model = load(args.model)
+    model = load(args.model, backend=args.backend)
     if model.vocab is None:
         raise InputError(f"{args.model} holds no vocabulary: it cannot write text")
     stream = model.stream()
@@ -521,7 +529,14 @@ def cmd_demo(args) -> int:
     )
     t0 = time.monotonic()
     result = train(
-        train_ids, valid_ids, vocab, config, args.out, checkpoint=False, progress=progress
+        train_ids,
+        valid_ids,
+        vocab,
+        config,
+        args.out,
+        checkpoint=False,
+        progress=progress,
+        backend=args.backend,
     )
     if result.out is None:
         raise InputError("the demo trained too briefly to validate once; give more --time")
@@ -530,7 +545,7 @@ def cmd_demo(args) -> int:
         f"validation: {bpc:.3f} bits per character after {time.monotonic() - t0:.0f} s "
         f"(the model is in {result.out})"
     )
-    model = load(result.out)
+    model = load(result.out, backend=args.backend)
     # a prompt the vocabulary can encode: "The " when it can, else the text's first word
     prompt = "The " if all(ch in vocab for ch in "The ") else text.split(maxsplit=1)[0]
     stream = model.stream()

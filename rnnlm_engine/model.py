@@ -81,7 +81,7 @@ class Model:
         self,
         config: ModelConfig,
         params: dict[str, np.ndarray],
-        backend: str | None = "cpu",
+        backend: str | None = None,
         vocab=None,
         metadata: dict | None = None,
     ):
@@ -107,8 +107,7 @@ class Model:
         self._w_hh_forward = []
         for layer in range(config.num_layers):
             w = self._k.forward_layout(self._params[f"rnn.weight_hh_l{layer}"])
-            w.flags.writeable = False
-            self._w_hh_forward.append(w)
+            self._w_hh_forward.append(self._k.freeze(w))
 
     # ------------------------------------------------------------------ construction
 
@@ -118,7 +117,7 @@ class Model:
         state_dict: dict[str, np.ndarray],
         cell: str = "lstm",
         tied: bool = False,
-        backend: str | None = "cpu",
+        backend: str | None = None,
         vocab=None,
     ) -> Model:
         """Build a model from name -> array, PyTorch word_language_model names and shapes.
@@ -199,13 +198,14 @@ class Model:
         """For training only (a model being trained is not shared): update(params) changes
         the parameter arrays in place; the copies derived from them are then refreshed.
         The weights are not re-checked here; ``_check_bounds()`` does that."""
+        k = self._k
         arrays = list(self._params.values()) + self._w_hh_forward
         for a in arrays:
-            a.flags.writeable = True
+            k.thaw(a)
         try:
             update(self._params)
             for layer, w in enumerate(self._w_hh_forward):
-                w[...] = self._params[f"rnn.weight_hh_l{layer}"]
+                k.copy(w, self._params[f"rnn.weight_hh_l{layer}"])
             with self._input_table_lock:
                 self._input_table = None
                 self._stream_weights = None
@@ -213,7 +213,7 @@ class Model:
                 self._fingerprint = None
         finally:
             for a in arrays:
-                a.flags.writeable = False
+                k.freeze(a)
 
     def _check_bounds(self) -> None:
         """Raise ParameterError if the current weights could overflow float32 (after
@@ -253,7 +253,7 @@ class Model:
         for r0, r1, logits in self._decode_blocks(top):
             shift = self._softmax_shift(logits)
             self._k.log_softmax(logits, bias, shift, logprobs[r0:r1])
-        return logprobs.reshape(T, B, -1), new_state
+        return self._k.to_host(logprobs).reshape(T, B, -1), new_state
 
     def token_logprobs(self, inputs, targets, state=None) -> tuple[np.ndarray, State]:
         """Scoring pass: (log p(targets[t, b] | history) as (T, B) float32, final State).
@@ -268,7 +268,8 @@ class Model:
         nll = self._work("nll", (T * B,))
         c, p = self._config, self._params
         w_dec = p["encoder.weight" if c.tied else "decoder.weight"]
-        self._k.decode_xent(top, w_dec, p["decoder.bias"], targets.reshape(-1), nll, self._work)
+        targets = self._k.to_device(targets.reshape(-1))
+        self._k.decode_xent(top, w_dec, p["decoder.bias"], targets, nll, self._work)
         return -self._k.to_host(nll).reshape(T, B), new_state  # negation: a fresh array
 
     def loss_and_grad(
@@ -301,7 +302,7 @@ class Model:
         k.xent_forward_backward(
             logits,
             p["decoder.bias"],
-            targets.reshape(-1),
+            k.to_device(targets.reshape(-1)),
             shift,
             1.0 / N,
             nll,
@@ -312,7 +313,7 @@ class Model:
 
         w_dec = p["encoder.weight"] if c.tied else p["decoder.weight"]
         d_dec = k.empty((c.vocab_size, c.hidden_size), np.float32)
-        k.matmul(dlogits.T, top, out=d_dec)
+        k.matmul(dlogits, top, out=d_dec, trans_a=True)
         dx = k.matmul(dlogits, w_dec, out=self._work("dtop", (N, c.hidden_size)))
         if masks is not None:
             k.multiply(dx, masks[c.num_layers], out=dx)
@@ -325,7 +326,7 @@ class Model:
         d_enc = d_dec if c.tied else k.zeros((c.vocab_size, c.emb_size), np.float32)
         if not c.tied:
             grads["decoder.weight"] = d_dec
-        k.embedding_backward(inputs.reshape(-1), dx, d_enc)
+        k.embedding_backward(k.to_device(inputs.reshape(-1)), dx, d_enc)
         grads["encoder.weight"] = d_enc
         return loss, {name: grads[name] for name in c.parameter_shapes()}, new_state
 
@@ -339,9 +340,10 @@ class Model:
         T, B = ids.shape
         H, G = c.hidden_size, c.gate_rows
         table = self._layer0_table() if saved is None else None
+        ids = k.to_device(ids.reshape(-1))
         if table is None:
             x = self._work("emb", (T * B, c.emb_size))
-            k.embedding_forward(p["encoder.weight"], ids.reshape(-1), x)
+            k.embedding_forward(p["encoder.weight"], ids, x)
             if masks is not None:
                 k.multiply(x, masks[0], out=x)
         h_final = k.empty((c.num_layers, B, H), np.float32)
@@ -351,10 +353,10 @@ class Model:
         for layer in range(c.num_layers):
             xproj = self._work(f"xproj{layer}", (T * B, G))
             if layer == 0 and table is not None:
-                k.embedding_forward(table, ids.reshape(-1), xproj)
+                k.embedding_forward(table, ids, xproj)
             else:
-                k.matmul(x, p[f"rnn.weight_ih_l{layer}"].T, out=xproj)
-                xproj += p[f"rnn.bias_ih_l{layer}"]
+                k.matmul(x, p[f"rnn.weight_ih_l{layer}"], out=xproj, trans_b=True)
+                k.add_bias(xproj, p[f"rnn.bias_ih_l{layer}"])
             hs = self._work(f"hs{layer}", (T, B, H))
             cs = self._work(f"cs{layer}", (T, B, H)) if c_final is not None else None
             acts = self._work(f"acts{layer}", (T, B, acts_width)) if acts_width else None
@@ -375,9 +377,9 @@ class Model:
                 saved.hs.append(hs)
                 saved.cs.append(cs)
                 saved.acts.append(acts)
-            h_final[layer] = hs[T - 1]
+            k.copy(h_final[layer], hs[T - 1])
             if c_final is not None:
-                c_final[layer] = cs[T - 1]
+                k.copy(c_final[layer], cs[T - 1])
             x = hs.reshape(T * B, H)
             if masks is not None:  # into a copy: the cell's backward needs hs itself
                 x = k.multiply(x, masks[layer + 1], out=self._work(f"dropped{layer}", x.shape))
@@ -421,8 +423,8 @@ class Model:
 
     def _step(self, ids: np.ndarray, h: np.ndarray, c: np.ndarray | None):
         """T streaming steps for N streams: ids (T, N) int64 (checked by the caller), state
-        h, c (L, N, H) -> (new h, new c, logprobs (N, V) after the last step), all fresh
-        arrays: the state given is never modified."""
+        h, c (L, N, H) on the backend -> (new h, new c on the backend, logprobs (N, V) after
+        the last step, on the host), all fresh arrays: the state given is never modified."""
         k, cfg = self._k, self._config
         w = self._streaming_weights()
         N = ids.shape[1]
@@ -432,13 +434,13 @@ class Model:
         c_out = k.empty((L, N, H), np.float32)
         logprobs = k.empty((N, V), np.float32)
         k.stream_step(
-            k.STREAM_CELLS[cfg.cell], ids, w["table"], w["emb"], w["w_ih0"], w["w_ih"],
+            k.STREAM_CELLS[cfg.cell], k.to_device(ids), w["table"], w["emb"], w["w_ih0"], w["w_ih"],
             w["b_ih"], w["w_hh"], w["b_hh"], w["w_dec"], w["b_dec"], h, c_in, h_out, c_out,
             self._work("stream_gx", (N, G)), self._work("stream_gh", (N, G)),
             self._work("stream_x0", (N, cfg.emb_size)), self._work("stream_logits", (N, V)),
             logprobs,
         )  # fmt: skip
-        return h_out, (c_out if c is not None else None), logprobs
+        return h_out, (c_out if c is not None else None), k.to_host(logprobs)
 
     def _streaming_weights(self) -> dict:
         """The weights stacked as the streaming kernel takes them (built once)."""
@@ -451,20 +453,20 @@ class Model:
                 table = self._layer0_table()
                 w_ih = k.empty((max(L - 1, 0), G, H), np.float32)
                 for layer in range(1, L):
-                    w_ih[layer - 1] = p[f"rnn.weight_ih_l{layer}"]
+                    k.copy(w_ih[layer - 1], p[f"rnn.weight_ih_l{layer}"])
                 built = {
                     "table": table if table is not None else k.empty((0, G), np.float32),
                     "emb": p["encoder.weight"],
                     "w_ih0": p["rnn.weight_ih_l0"],
                     "w_ih": w_ih,
-                    "b_ih": np.stack([p[f"rnn.bias_ih_l{i}"] for i in range(L)]),
-                    "w_hh": np.stack([p[f"rnn.weight_hh_l{i}"] for i in range(L)]),
-                    "b_hh": np.stack([p[f"rnn.bias_hh_l{i}"] for i in range(L)]),
+                    "b_ih": k.stack([p[f"rnn.bias_ih_l{i}"] for i in range(L)]),
+                    "w_hh": k.stack([p[f"rnn.weight_hh_l{i}"] for i in range(L)]),
+                    "b_hh": k.stack([p[f"rnn.bias_hh_l{i}"] for i in range(L)]),
                     "w_dec": p["encoder.weight" if c.tied else "decoder.weight"],
                     "b_dec": p["decoder.bias"],
                 }
                 for a in built.values():
-                    a.flags.writeable = False
+                    k.freeze(a)
                 with self._input_table_lock:
                     if self._stream_weights is None:
                         self._stream_weights = built
@@ -481,10 +483,9 @@ class Model:
                 if self._input_table is None:
                     k, p = self._k, self._params
                     table = k.empty((c.vocab_size, c.gate_rows), np.float32)
-                    k.matmul(p["encoder.weight"], p["rnn.weight_ih_l0"].T, out=table)
-                    table += p["rnn.bias_ih_l0"]
-                    table.flags.writeable = False
-                    self._input_table = table
+                    k.matmul(p["encoder.weight"], p["rnn.weight_ih_l0"], out=table, trans_b=True)
+                    k.add_bias(table, p["rnn.bias_ih_l0"])
+                    self._input_table = k.freeze(table)
         return self._input_table
 
     def _softmax_shift(self, logits):
@@ -513,11 +514,12 @@ class Model:
         # few rows (a StreamBatch step): BLAS repacks all of W for every product, which
         # costs more than the product itself; a (H, V) copy needs no repacking (64 rows,
         # V=10000, H=200: 1.6 ms against 2.5 ms); many rows amortise the packing
-        w = self._decoder_t() if N <= _DECODE_T_MAX_ROWS else w_dec.T
+        transposed = N > _DECODE_T_MAX_ROWS
+        w = w_dec if transposed else self._decoder_t()
         for r0 in range(0, N, rows):
             r1 = min(N, r0 + rows)
             logits = buf[: r1 - r0]
-            k.matmul(top[r0:r1], w, out=logits)
+            k.matmul(top[r0:r1], w, out=logits, trans_b=transposed)
             yield r0, r1, logits
 
     def _decoder_t(self):
@@ -525,8 +527,7 @@ class Model:
         if self._decoder_t_copy is None:
             c = self._config
             w_dec = self._params["encoder.weight" if c.tied else "decoder.weight"]
-            w = self._k.to_device(np.ascontiguousarray(self._k.to_host(w_dec).T))
-            w.flags.writeable = False
+            w = self._k.freeze(self._k.to_device(np.ascontiguousarray(self._k.to_host(w_dec).T)))
             with self._input_table_lock:
                 if self._decoder_t_copy is None:
                     self._decoder_t_copy = w
@@ -538,7 +539,7 @@ class Model:
         k, p, c = self._k, self._params, self._config
         w_dec = p["encoder.weight"] if c.tied else p["decoder.weight"]
         logits = self._work("logits", (top.shape[0], c.vocab_size))
-        k.matmul(top, w_dec.T, out=logits)
+        k.matmul(top, w_dec, out=logits, trans_b=True)
         return logits
 
     def _layer_backward(self, layer, dx, state: State, saved: _Saved, grads) -> np.ndarray:
@@ -572,7 +573,7 @@ class Model:
         x_in = saved.layer_inputs[layer]
         grads[f"rnn.weight_hh_l{layer}"] = dw_hh
         grads[f"rnn.bias_hh_l{layer}"] = db_hh
-        grads[f"rnn.weight_ih_l{layer}"] = k.matmul(flat.T, x_in)
+        grads[f"rnn.weight_ih_l{layer}"] = k.matmul(flat, x_in, trans_a=True)
         grads[f"rnn.bias_ih_l{layer}"] = k.column_sums(flat)
         return k.matmul(
             flat, p[f"rnn.weight_ih_l{layer}"], out=self._work(f"dx{layer}", x_in.shape)
@@ -691,6 +692,9 @@ class Model:
             if a is None:
                 out.append(None)
                 continue
+            if not isinstance(a, np.ndarray) and self._k.is_array(a):
+                out.append(self._checked_device_state(name, a, shape))
+                continue
             a = np.asarray(a)
             if a.shape != shape:
                 raise InputError(
@@ -709,6 +713,22 @@ class Model:
             out.append(a)
         # only once both are valid: nothing reaches the backend before validation ends
         return State(*(None if a is None else self._k.to_device(a) for a in out))
+
+    def _checked_device_state(self, name: str, a, shape: tuple):
+        """A state array already on the device (returned by an earlier pass, so that
+        carrying it costs no copy): its shape and dtype, and finiteness through one
+        reduction read back as a single number."""
+        if tuple(a.shape) != shape or a.dtype != np.float32:
+            raise InputError(
+                f"state {name} must be a float32 array of shape (layers, batch, hidden) = "
+                f"{shape}; got {a.dtype} {tuple(a.shape)}"
+            )
+        flat = a.reshape(-1)
+        if not np.isfinite(self._k.sum_of_squares(flat)):
+            raise InputError(f"state {name} contains NaN or infinity")
+        if name == "h" and self._k.max_abs(flat) > 1.0:  # a cell's own h never is
+            self._check_state_magnitude(np.asarray(self._k.to_host(a)))
+        return a
 
 
 # ---------------------------------------------------------------------------- parameters

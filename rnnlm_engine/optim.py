@@ -96,9 +96,10 @@ class Adam:
 
     def load_state(self, tensors: dict[str, np.ndarray], values: dict) -> None:
         self.lr, self.steps = float(values["lr"]), int(values["steps"])
+        k = self.k
         for name in self.m:
-            self.m[name][...] = tensors[f"adam.m.{name}"]
-            self.v[name][...] = tensors[f"adam.v.{name}"]
+            k.copy(self.m[name], k.to_device(np.asarray(tensors[f"adam.m.{name}"])))
+            k.copy(self.v[name], k.to_device(np.asarray(tensors[f"adam.v.{name}"])))
 
 
 OPTIMIZERS = ("sgd", "adam")

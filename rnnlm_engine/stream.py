@@ -118,10 +118,11 @@ class Stream:
 
     def reset(self) -> None:
         """Back to the start: zero state, nothing fed."""
-        c = self._model.config
+        c, k = self._model.config, self._model._k
         shape = (c.num_layers, 1, c.hidden_size)
-        self._h = np.zeros(shape, np.float32)
-        self._c = np.zeros(shape, np.float32) if c.cell == "lstm" else None
+        # the state lives on the model's backend (the GPU's memory for cuda)
+        self._h = k.zeros(shape, np.float32)
+        self._c = k.zeros(shape, np.float32) if c.cell == "lstm" else None
         self._logprobs: np.ndarray | None = None
         self._tokens: list[int] = []
 
@@ -129,14 +130,14 @@ class Stream:
         def frozen(a):
             if a is None:
                 return None
-            a = a.copy()
+            a = np.array(self._model._k.to_host(a))  # a copy, on the host
             a.flags.writeable = False
             return a
 
         return Snapshot(
             self._model.fingerprint(),
-            frozen(self._h[:, 0]),
-            frozen(None if self._c is None else self._c[:, 0]),
+            frozen(self._h)[:, 0],
+            None if self._c is None else frozen(self._c)[:, 0],
             frozen(self._logprobs),
             tuple(self._tokens),
         )
@@ -163,8 +164,9 @@ class Stream:
         if any(t >= c.vocab_size for t in snapshot.tokens):
             raise InputError("the snapshot's tokens do not fit this model's vocabulary")
         self._model._check_state_magnitude(snapshot.h[:, None, :])
-        self._h = np.array(snapshot.h[:, None, :])
-        self._c = None if snapshot.c is None else np.array(snapshot.c[:, None, :])
+        k = self._model._k
+        self._h = k.to_device(np.array(snapshot.h[:, None, :]))
+        self._c = None if snapshot.c is None else k.to_device(np.array(snapshot.c[:, None, :]))
         self._logprobs = None if snapshot.logprobs is None else np.array(snapshot.logprobs)
         self._tokens = list(snapshot.tokens)
 
@@ -380,8 +382,9 @@ class StreamBatch:
                 ids[n] = one[0]
             else:
                 ids[n] = s._ids([token])[0]
-        h = np.concatenate([s._h for s in streams], axis=1)
-        c = None if streams[0]._c is None else np.concatenate([s._c for s in streams], axis=1)
+        k = self._model._k
+        h = k.gather_streams([s._h for s in streams])
+        c = None if streams[0]._c is None else k.gather_streams([s._c for s in streams])
         if len(streams) >= self.blas_from:
             lp, state = self._model.forward(ids[None, :], State(h, c))
             h_out, c_out, logprobs = state.h, state.c, lp[0]
@@ -389,8 +392,8 @@ class StreamBatch:
             h_out, c_out, logprobs = self._model._step(ids.reshape(1, -1), h, c)
         out = []
         for n, s in enumerate(streams):
-            s._h = np.ascontiguousarray(h_out[:, n : n + 1])
-            s._c = None if c_out is None else np.ascontiguousarray(c_out[:, n : n + 1])
+            s._h = k.stream_state(h_out, n)
+            s._c = None if c_out is None else k.stream_state(c_out, n)
             s._logprobs = logprobs[n].copy()
             s._tokens.append(int(ids[n]))
             out.append(logprobs[n])  # rows of a fresh array: the caller's to keep

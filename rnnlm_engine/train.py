@@ -276,15 +276,16 @@ class _Run:
 
     def snapshot(self):
         """An in-memory copy to roll back to when the loss turns non-finite."""
-        params = {n: a.copy() for n, a in self.model._params.items()}
+        k = self.model._k
+        params = {n: k.clone(a) for n, a in self.model._params.items()}
         opt_tensors, opt_values = self.optimizer.state()
         return (
             params,
-            {n: a.copy() for n, a in opt_tensors.items()},
+            {n: k.clone(a) for n, a in opt_tensors.items()},
             dict(opt_values),
             None
             if self.hidden is None
-            else State(*(None if a is None else a.copy() for a in self.hidden)),
+            else State(*(None if a is None else k.clone(a) for a in self.hidden)),
             self.rng.bit_generator.state,
             self.epoch,
             self.window,
@@ -295,7 +296,7 @@ class _Run:
 
         def put(p):
             for name, a in params.items():
-                p[name][...] = a
+                self.model._k.copy(p[name], a)
 
         self.model._apply_update(put)
         lr = self.optimizer.lr
@@ -313,6 +314,7 @@ def _training_state(run: _Run, config: TrainConfig, fingerprint: str) -> dict:
         tensors["state.h"] = run.hidden.h
         if run.hidden.c is not None:
             tensors["state.c"] = run.hidden.c
+    tensors = {name: run.model._k.to_host(a) for name, a in tensors.items()}
     values = {
         "kind": "checkpoint",
         "train_config": config.to_dict(),
@@ -462,7 +464,7 @@ def train(
         rng = np.random.default_rng(config.seed)
         mconf = config.model_config(len(vocab))
         params = initial_parameters(mconf, config.init_range, rng)
-        model = Model(mconf, params, backend=backend or "cpu", vocab=vocab)
+        model = Model(mconf, params, backend=backend, vocab=vocab)
         optimizer = make_optimizer(config.optimizer, model._k, config.lr, mconf.parameter_shapes())
         run = _Run(model, optimizer, rng, None, 1, 0, math.inf, 0, [], 0.0)
 

@@ -39,8 +39,14 @@ NAME = "cpu"
 # Arrays of this backend are numpy arrays; matrix products go to numpy's BLAS.
 empty = np.empty
 zeros = np.zeros
-matmul = np.matmul
 multiply = np.multiply
+
+
+def matmul(a, b, out=None, trans_a=False, trans_b=False):
+    """op(a) @ op(b) into out (or a new array), op(x) = x.T where the flag is set.
+
+    The flags rather than a.T from the caller: a CUDA device array's .T is a copy."""
+    return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
 
 
 def to_device(array):
@@ -50,6 +56,57 @@ def to_device(array):
 
 def to_host(array):
     return array
+
+
+def is_array(a) -> bool:
+    """Whether a is an array of this backend (a value it may use without conversion)."""
+    return isinstance(a, np.ndarray)
+
+
+def clone(a):
+    """A new array with a's values."""
+    return a.copy()
+
+
+def copy(dst, src):
+    """dst[...] = src (same shapes; dst may be a strided view)."""
+    dst[...] = src
+
+
+def add_bias(a, bias):
+    """a (N, G) += bias (G,), in place."""
+    a += bias
+
+
+def stack(arrays):
+    """A new (len(arrays), ...) array of equally shaped arrays."""
+    return np.stack(arrays)
+
+
+def gather_streams(states):
+    """[(L, 1, H)] * N -> a new (L, N, H): the states of N streams side by side."""
+    return np.concatenate(states, axis=1)
+
+
+def stream_state(states, n):
+    """(L, N, H) -> a new (L, 1, H): stream n's state."""
+    return np.ascontiguousarray(states[:, n : n + 1])
+
+
+def max_abs(x) -> float:
+    """max |x| of a flat array (0 when empty)."""
+    return float(np.max(np.abs(x), initial=0.0))
+
+
+def freeze(a):
+    """Mark a read-only where the backend can (numpy: writeable False); returns a."""
+    a.flags.writeable = False
+    return a
+
+
+def thaw(a):
+    a.flags.writeable = True
+    return a
 
 
 def column_sums(a):
@@ -151,6 +208,16 @@ __all__ = [
     "CELL_FORWARD",
     "NAME",
     "adam_update",
+    "add_bias",
+    "clone",
+    "copy",
+    "freeze",
+    "gather_streams",
+    "is_array",
+    "max_abs",
+    "stack",
+    "stream_state",
+    "thaw",
     "embedding_backward",
     "embedding_forward",
     "column_sums",

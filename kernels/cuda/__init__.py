@@ -1,0 +1,199 @@
+"""The CUDA backend: numba.cuda kernels, float32 throughout, every array in GPU memory.
+
+The same names and contracts as ``kernels/cpu`` (see ``rnnlm_engine.backend``), so the
+model runs on either without change. Arrays are numba device arrays; the model keeps its
+parameters, the optimizer its moments and streams their states on the device, and only
+what a caller asks for (log-probabilities, a loss, a norm) is copied back.
+
+Importing this module needs no GPU and compiles nothing: every kernel compiles on its
+first launch. ``unavailable_reason()`` says why the backend cannot run here, if it cannot.
+Under ``NUMBA_ENABLE_CUDASIM=1`` numba's simulator runs the kernels on the CPU (slowly:
+every GPU thread is a Python thread); the tests use it on small shapes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from numba import cuda
+
+from . import _arrays, _cells, _elementwise, _gemm, _stream
+from ._arrays import (
+    add_bias,
+    clone,
+    copy,
+    empty,
+    freeze,
+    gather_streams,
+    is_array,
+    stack,
+    stream_state,
+    thaw,
+    to_device,
+    to_host,
+    zeros,
+)
+from ._cells import (
+    ACTS_PER_HIDDEN,
+    CELL_BACKWARD,
+    CELL_FORWARD,
+    forward_layout,
+    gru_backward,
+    gru_forward,
+    lstm_backward,
+    lstm_forward,
+    rnn_backward,
+    rnn_forward,
+)
+from ._elementwise import (
+    adam_update,
+    embedding_backward,
+    embedding_forward,
+    log_softmax,
+    max_abs,
+    row_max,
+    row_shift,
+    sample,
+    scale_inplace,
+    sgd_update,
+    sum_of_squares,
+    xent_forward,
+    xent_forward_backward,
+)
+from ._elementwise import multiply as _multiply
+from ._gemm import column_sums as _column_sums
+from ._gemm import gemm
+from ._stream import STREAM_CELLS, stream_step
+
+NAME = "cuda"
+
+
+def unavailable_reason() -> str | None:
+    """None when kernels can run here (a GPU, or the simulator); else why not."""
+    try:
+        if cuda.is_available():
+            return None
+        cuda.current_context()  # raises with the driver's own reason
+    except Exception as e:  # CudaSupportError, a missing libcuda, ...
+        text = " ".join(str(e).split()).rstrip(":. ")  # the driver's message is multi-line
+        return f"{type(e).__name__}: {text}"
+    return "numba.cuda finds no usable NVIDIA GPU"
+
+
+@contextmanager
+def small_launches(threads: int = 16):
+    """Every kernel of the backend with few threads per block and small tiles, for tests
+    in the simulator (which runs every GPU thread as a Python thread); restored on exit.
+    threads: a power of two; the streaming kernel takes its minimum, one warp."""
+    old = (
+        _arrays.THREADS,
+        _elementwise.BLOCK,
+        _cells.set_threads(threads),
+        _gemm.set_tiles(_gemm.Tile(2, 2, 2, 2, 4), _gemm.Tile(2, 2, 1, 1, 4)),
+        _gemm.set_column_sum_block(4, 4),
+        _stream.DEFAULT_THREADS,
+    )
+    _arrays.set_threads(threads)
+    _elementwise.set_block_size(threads)
+    _stream.DEFAULT_THREADS = 32
+    try:
+        yield
+    finally:
+        _arrays.set_threads(old[0])
+        _elementwise.set_block_size(old[1])
+        _cells.set_threads(old[2])
+        _gemm.set_tiles(*old[3])
+        _gemm.set_column_sum_block(*old[4])
+        _stream.DEFAULT_THREADS = old[5]
+
+
+def matmul(a, b, out=None, trans_a=False, trans_b=False):
+    """op(a) @ op(b) into out (or a new array); op(x) = x^T where the flag is set."""
+    m = a.shape[1] if trans_a else a.shape[0]
+    n = b.shape[0] if trans_b else b.shape[1]
+    if out is None:
+        out = empty((m, n))
+    gemm(a, b, out, trans_a=trans_a, trans_b=trans_b)
+    return out
+
+
+def multiply(a, b, out):
+    """out = a * b element-wise (same shapes); returns out."""
+    _multiply(a, b, out)
+    return out
+
+
+def column_sums(a):
+    """(N, G) -> a new (G,): the sum over rows (a bias gradient)."""
+    out = empty((a.shape[1],))
+    _column_sums(a, out)
+    return out
+
+
+# decode_xent's row blocks: at most this many logits rows at a time (bounded memory)
+_XENT_ROWS = 4096
+
+
+def decode_xent(top, w_dec, bias, targets, nll, work, *, max_rows=_XENT_ROWS, **_):
+    """nll (N,) = -log softmax(top @ w_dec.T + bias)[n, targets[n]], top (N, H): the
+    scoring pass's decoder, a block of rows at a time (one product, then one block per
+    row for the cross-entropy). The CPU's block-size keywords do not apply here."""
+    N = top.shape[0]
+    V = w_dec.shape[0]
+    rows = min(N, max_rows)
+    buf = work("xent_logits", (rows, V))
+    for r0 in range(0, N, rows):
+        r1 = min(N, r0 + rows)
+        logits = buf[: r1 - r0]
+        gemm(top[r0:r1], w_dec, logits, trans_b=True)
+        xent_forward(logits, bias, targets[r0:r1], None, nll[r0:r1])
+
+
+__all__ = [
+    "ACTS_PER_HIDDEN",
+    "CELL_BACKWARD",
+    "CELL_FORWARD",
+    "NAME",
+    "STREAM_CELLS",
+    "adam_update",
+    "add_bias",
+    "clone",
+    "column_sums",
+    "copy",
+    "decode_xent",
+    "embedding_backward",
+    "embedding_forward",
+    "empty",
+    "forward_layout",
+    "freeze",
+    "gather_streams",
+    "gemm",
+    "gru_backward",
+    "gru_forward",
+    "is_array",
+    "log_softmax",
+    "lstm_backward",
+    "lstm_forward",
+    "matmul",
+    "max_abs",
+    "multiply",
+    "rnn_backward",
+    "rnn_forward",
+    "row_max",
+    "row_shift",
+    "sample",
+    "small_launches",
+    "scale_inplace",
+    "sgd_update",
+    "stack",
+    "stream_state",
+    "stream_step",
+    "sum_of_squares",
+    "thaw",
+    "to_device",
+    "to_host",
+    "unavailable_reason",
+    "xent_forward",
+    "xent_forward_backward",
+    "zeros",
+]

@@ -1,0 +1,213 @@
+"""The whole model on the CUDA backend against the CPU backend: log-probabilities, scores,
+gradients, carried state, training, streams, StreamBatch and scoring; and how a backend
+is chosen (``backend=``, "auto", $RNNLM_BACKEND) and refused where CUDA cannot run.
+
+Runs on a GPU, or in numba's simulator (the conftest turns it on unless
+RNNLM_TEST_CUDA_DEVICE=1), where every launch is kept small with ``small_launches``.
+
+Tolerances: both backends compute in float32 and differ only in the order of their sums
+(tiled products, tree reductions) and in exp/tanh (a polynomial on the CPU, libdevice on
+the GPU, both within a few ulps). Each agrees with the float64 oracle to the bounds of
+test_model.py (1e-4 for log-probabilities, 1e-3 for gradients, normwise, with at most
+4e-6 and 4e-5 seen there), so the two agree to twice those; the sizes here are smaller
+than test_model.py's and the errors seen are ~1e-7.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import config, cuda
+
+import rnnlm_engine.kernels.cuda as kc
+from rnnlm_engine import BackendError, Model, ModelConfig, load, oracle
+from rnnlm_engine.backend import get_backend
+from rnnlm_engine.stream import StreamBatch
+from rnnlm_engine.train import TrainConfig, train
+from rnnlm_engine.vocab import Vocabulary
+
+pytestmark = [
+    pytest.mark.skipif(
+        not cuda.is_available(),
+        reason="numba.cuda finds no GPU (set NUMBA_ENABLE_CUDASIM=1 to run on the simulator)",
+    ),
+    pytest.mark.usefixtures("cuda_simulator_fixes", "small_launches"),
+]
+
+LOGPROB_TOL = 2e-4
+GRAD_TOL = 2e-3
+TEXT = "the cat sat on the mat .\na dog ran to the cat .\nthe mat was red .\n" * 3
+
+
+@pytest.fixture(scope="module")
+def small_launches():
+    if config.ENABLE_CUDASIM:
+        with kc.small_launches():
+            yield
+    else:
+        yield
+
+
+def err(got, want) -> float:
+    got, want = np.asarray(kc.to_host(got), np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    return oracle.normwise_error(got, want)
+
+
+def pair(cell: str, tied: bool = False, layers: int = 2, vocab=None, seed: int = 0):
+    """The same weights on both backends."""
+    V = len(vocab) if vocab is not None else 11
+    H = 6
+    cfg = ModelConfig(cell, V, H if tied else 5, H, layers, tied=tied)
+    rng = np.random.default_rng(seed)
+    sd = {
+        n: rng.uniform(-0.6, 0.6, s).astype(np.float32) for n, s in cfg.parameter_shapes().items()
+    }
+    if tied:
+        sd["decoder.weight"] = sd["encoder.weight"]
+    kw = dict(cell=cell, tied=tied, vocab=vocab)
+    return Model.from_state_dict(sd, backend="cpu", **kw), Model.from_state_dict(
+        sd, backend="cuda", **kw
+    )
+
+
+@pytest.mark.parametrize("cell,tied", [("lstm", False), ("gru", True), ("rnn", False)])
+def test_passes_equal_the_cpu_backend(cell, tied):
+    cpu, gpu = pair(cell, tied)
+    assert gpu.backend == "cuda" and cpu.backend == "cpu"
+    rng = np.random.default_rng(1)
+    T, B = 3, 2
+    ids, tg = rng.integers(0, 11, (T, B)), rng.integers(0, 11, (T, B))
+
+    (a, sa), (b, sb) = cpu.forward(ids), gpu.forward(ids)
+    assert isinstance(b, np.ndarray)  # log-probabilities come back to the host
+    assert err(b, a) < LOGPROB_TOL
+    assert err(sb.h, sa.h) < LOGPROB_TOL
+
+    # the state stays on the device and is carried into the next window
+    assert kc.is_array(sb.h)
+    (a2, _), (b2, _) = cpu.token_logprobs(ids, tg, sa), gpu.token_logprobs(ids, tg, sb)
+    assert err(b2, a2) < LOGPROB_TOL
+
+    masks = cpu.dropout_masks(T, B, 0.3, np.random.default_rng(2))
+    la, ga, _ = cpu.loss_and_grad(ids, tg, sa, masks)
+    lb, gb, _ = gpu.loss_and_grad(ids, tg, sb, masks)
+    assert abs(la - lb) < LOGPROB_TOL * max(1.0, abs(la))
+    assert set(ga) == set(gb)
+    for name in ga:
+        assert err(gb[name], ga[name]) < GRAD_TOL, name
+
+
+def test_a_device_state_is_checked_like_a_host_state():
+    cpu, gpu = pair("lstm")
+    ids = np.array([[1], [2]])
+    _, state = gpu.forward(ids)
+    bad = kc.to_device(np.full((2, 1, 6), np.nan, np.float32))
+    with pytest.raises(Exception, match="NaN"):
+        gpu.forward(ids, (bad, state.c))
+    with pytest.raises(Exception, match="shape"):
+        gpu.forward(ids, (kc.to_device(np.zeros((2, 3, 6), np.float32)), state.c))
+
+
+def test_streams_and_stream_batch_equal_the_cpu_backend():
+    cpu, gpu = pair("lstm")
+    sc, sg = cpu.stream(), gpu.stream()
+    assert err(sg.feed([1, 2, 3]), sc.feed([1, 2, 3])) < LOGPROB_TOL
+    assert err(sg.feed(4), sc.feed(4)) < LOGPROB_TOL
+    assert [t for t, _ in sg.top(3)] == [t for t, _ in sc.top(3)]
+
+    # a snapshot is host data: one taken on the GPU continues on the CPU, and back
+    other = cpu.stream()
+    other.restore(sg.snapshot().to_bytes())
+    back = gpu.stream()
+    back.restore(sc.snapshot())
+    want = sc.feed(5)
+    assert err(other.feed(5), want) < LOGPROB_TOL
+    assert err(back.feed(5), want) < LOGPROB_TOL
+
+    for blas_from in (2, 32):  # the BLAS path (batched forward) and the streaming kernel
+        batch = StreamBatch(gpu, blas_from=blas_from)
+        streams = [batch.stream() for _ in range(3)]
+        streams[1].feed([7, 8])
+        solo = cpu.stream()
+        solo.feed([7, 8])
+        out = batch.step(list(zip(streams, [1, 2, 3], strict=True)))
+        refs = [cpu.stream().feed(1), solo.feed(2), cpu.stream().feed(3)]
+        for got, want in zip(out, refs, strict=True):
+            assert err(got, want) < LOGPROB_TOL
+        assert err(streams[1].feed(4), solo.feed(4)) < LOGPROB_TOL
+
+
+def test_scoring_equals_the_cpu_backend():
+    vocab = Vocabulary.build(TEXT, "word")
+    cpu, gpu = pair("gru", vocab=vocab)
+    lines = TEXT.splitlines()[:4]
+    for mode in ("sentence", "corpus"):
+        want = list(cpu.score(lines, mode=mode, batch_size=3))
+        got = list(gpu.score(lines, mode=mode, batch_size=3))
+        assert [g.tokens for g in got] == [w.tokens for w in want]
+        assert err([g.logprob for g in got], [w.logprob for w in want]) < LOGPROB_TOL
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_training_on_cuda_ends_with_the_cpu_weights(tmp_path, optimizer):
+    vocab = Vocabulary.build(TEXT, "char")
+    ids = vocab.encode(TEXT)
+    cfg = TrainConfig(
+        cell="lstm", emb_size=4, hidden_size=5, num_layers=1, optimizer=optimizer,
+        lr=0.5 if optimizer == "sgd" else 0.01, clip=0.5, epochs=1, batch_size=3, bptt=6,
+        eval_batch_size=2, seed=4, checkpoint_every=0.0, dropout=0.2,
+    )  # fmt: skip
+    train_ids, valid_ids = ids[:100], ids[100:140]
+    runs = {}
+    for backend in ("cpu", "cuda"):
+        out = tmp_path / f"{backend}.rnnlm"
+        result = train(train_ids, valid_ids, vocab, cfg, out, checkpoint=False, backend=backend)
+        assert result.stopped == "done"
+        runs[backend] = (result, out)
+    a, b = load(runs["cpu"][1]), load(runs["cuda"][1])
+    for name, w in a.state_dict().items():
+        # a few SGD or Adam steps move weights by lr * (gradient within GRAD_TOL)
+        assert err(b.state_dict()[name], w) < GRAD_TOL, name
+    assert abs(runs["cpu"][0].best_valid_loss - runs["cuda"][0].best_valid_loss) < 1e-3
+
+
+def test_backend_choice(monkeypatch):
+    assert get_backend("cuda") is kc
+    assert get_backend("cpu").NAME == "cpu"
+    monkeypatch.setenv("RNNLM_BACKEND", "cuda")
+    assert get_backend(None) is kc
+    with pytest.raises(BackendError, match="unknown backend 'tpu'"):
+        get_backend("tpu")
+    # where CUDA cannot run: cuda is refused with the reason, auto falls back to the CPU
+    monkeypatch.setattr(kc, "unavailable_reason", lambda: "CudaSupportError: no driver")
+    with pytest.raises(BackendError, match="cannot run here: CudaSupportError: no driver"):
+        get_backend("cuda")
+    with pytest.raises(BackendError, match="no driver"):
+        Model.from_state_dict(pair("rnn")[0].state_dict(), cell="rnn", backend="cuda")
+    assert get_backend("auto").NAME == "cpu"
+
+
+def test_without_a_gpu_cuda_is_refused_in_one_line():
+    """A fresh process with the simulator off: on this GPU-less machine asking for cuda
+    raises BackendError naming the reason; on a GPU machine the backend loads."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from rnnlm_engine.backend import get_backend\n"
+        "from rnnlm_engine.errors import BackendError\n"
+        "try:\n    print(get_backend('cuda').NAME)\n"
+        "except BackendError as e:\n    print('refused:', e)\n"
+        "print(get_backend('auto').NAME)\n"
+    )
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    first, second = run.stdout.strip().splitlines()
+    if first == "cuda":
+        assert second == "cuda"
+    else:
+        assert first.startswith("refused: backend 'cuda' cannot run here: ")
+        assert second == "cpu"
