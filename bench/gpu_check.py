@@ -42,14 +42,19 @@ def run_tests(quick: bool) -> tuple[bool, str]:
         env.setdefault("RNNLM_HYPOTHESIS_PROFILE", "ci")
     tests = sorted(str(p) for p in (ROOT / "tests").glob("test_cuda_*.py"))
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else ""
+        print(out[-3000:])
+        return False, "timed out after 300 s"
     tail = (proc.stdout + proc.stderr).strip().splitlines()
     summary = tail[-1] if tail else "(no output)"
     print("\n".join(tail[-15:]) if proc.returncode else summary, flush=True)
@@ -256,6 +261,10 @@ def main(argv=None) -> int:
         )
         seconds = args.seconds or 10.0
     rows = []
+    if numba.config.ENABLE_CUDASIM:  # checking the script: simulator-sized launches
+        import rnnlm_engine.kernels.cuda as kc
+
+        kc.small_launches().__enter__()
     for part in (bench_training, bench_scoring, bench_streaming):
         try:
             rows += part(torch, device, sizes, seconds)

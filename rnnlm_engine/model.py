@@ -421,10 +421,11 @@ class Model:
             self._fingerprint = h.hexdigest()[:32]
         return self._fingerprint
 
-    def _step(self, ids: np.ndarray, h: np.ndarray, c: np.ndarray | None):
+    def _step(self, ids: np.ndarray, h: np.ndarray, c: np.ndarray | None, to_host=True):
         """T streaming steps for N streams: ids (T, N) int64 (checked by the caller), state
         h, c (L, N, H) on the backend -> (new h, new c on the backend, logprobs (N, V) after
-        the last step, on the host), all fresh arrays: the state given is never modified."""
+        the last step, on the host unless to_host is False), all fresh arrays: the state
+        given is never modified."""
         k, cfg = self._k, self._config
         w = self._streaming_weights()
         N = ids.shape[1]
@@ -440,7 +441,11 @@ class Model:
             self._work("stream_x0", (N, cfg.emb_size)), self._work("stream_logits", (N, V)),
             logprobs,
         )  # fmt: skip
-        return h_out, (c_out if c is not None else None), k.to_host(logprobs)
+        return (
+            h_out,
+            (c_out if c is not None else None),
+            (k.to_host(logprobs) if to_host else logprobs),
+        )
 
     def _streaming_weights(self) -> dict:
         """The weights stacked as the streaming kernel takes them (built once)."""

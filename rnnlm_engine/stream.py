@@ -123,7 +123,10 @@ class Stream:
         # the state lives on the model's backend (the GPU's memory for cuda)
         self._h = k.zeros(shape, np.float32)
         self._c = k.zeros(shape, np.float32) if c.cell == "lstm" else None
-        self._logprobs: np.ndarray | None = None
+        # the next-token log-probabilities (V,): a host array, or on the cuda backend a
+        # device array until something reads them (generate samples on the device and
+        # copies back only the drawn id)
+        self._logprobs = None
         self._tokens: list[int] = []
 
     def snapshot(self) -> Snapshot:
@@ -138,7 +141,7 @@ class Stream:
             self._model.fingerprint(),
             frozen(self._h)[:, 0],
             None if self._c is None else frozen(self._c)[:, 0],
-            frozen(self._logprobs),
+            frozen(None if self._logprobs is None else self._current()),
             tuple(self._tokens),
         )
 
@@ -186,15 +189,17 @@ class Stream:
     def feed(self, text_or_ids) -> np.ndarray:
         """Advance over the tokens of a text (encoded with the model's vocabulary) or of a
         sequence of ids; returns the log-probabilities (V,) float32 of the next token."""
-        ids = self._ids(text_or_ids)
+        self._advance(self._ids(text_or_ids), to_host=True)
+        return self._logprobs.copy()
+
+    def _advance(self, ids: np.ndarray, to_host: bool) -> None:
         # one kernel call for the whole chunk, which computes exactly what feeding its
         # tokens one by one does, but the decoder only after the last
-        h, c, logprobs = self._model._step(ids.reshape(-1, 1), self._h, self._c)
+        h, c, logprobs = self._model._step(ids.reshape(-1, 1), self._h, self._c, to_host)
         # only now, after every step ran: a failed call changes nothing
         self._h, self._c = h, c
         self._logprobs = logprobs[0]
         self._tokens.extend(int(i) for i in ids)
-        return self._logprobs.copy()
 
     def _ids(self, text_or_ids) -> np.ndarray:
         V = self._model.config.vocab_size
@@ -226,6 +231,8 @@ class Stream:
     def _current(self) -> np.ndarray:
         if self._logprobs is None:
             raise InputError("feed at least one token first: the stream has no prediction yet")
+        if not isinstance(self._logprobs, np.ndarray):  # still on the device
+            self._logprobs = self._model._k.to_host(self._logprobs)
         return self._logprobs
 
     def _token_id(self, token) -> int:
@@ -287,9 +294,13 @@ class Stream:
             self.feed(prompt)
         self._current()
         generated: list[int] = []
+        device = _device_sampler(self._model._k)
         for _ in range(int(max_tokens)):
-            i = sample_id(self._logprobs, temperature, top_k, top_p, rng)
-            self.feed([i])
+            if device is None:
+                i = sample_id(self._current(), temperature, top_k, top_p, rng)
+            else:
+                i = device(self._logprobs, temperature, top_k, top_p, rng)
+            self._advance(np.array([i], np.int64), to_host=device is None)
             token = self._name(i)
             yield token
             if stop and self._vocab is not None:
@@ -315,6 +326,26 @@ def _check_sampling(temperature, top_k, top_p) -> None:
         raise InputError(f"top_k must be a positive integer; got {top_k!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise InputError(f"top_p must be in (0, 1]; got {top_p!r}")
+
+
+def _device_sampler(k):
+    """For a backend that samples where its arrays are (cuda), a function drawing one id
+    from a (V,) device array with one uniform from rng, copying back only the id; None for
+    the CPU, whose draws are sample_id's."""
+    if not hasattr(k, "sample"):
+        return None
+
+    def draw(logprobs, temperature, top_k, top_p, rng) -> int:
+        if isinstance(logprobs, np.ndarray):  # a prompt fed through feed() left it here
+            logprobs = k.to_device(logprobs)
+        out = k.empty((1,), np.int64)
+        u = k.to_device(np.array([rng.random()]))
+        V = logprobs.shape[0]
+        k_limit = min(int(top_k), V) if top_k is not None else 0  # 0: no limit
+        k.sample(logprobs.reshape(1, V), temperature, k_limit, top_p or 1.0, u, out)
+        return int(k.to_host(out)[0])
+
+    return draw
 
 
 def sample_id(logprobs: np.ndarray, temperature, top_k, top_p, rng) -> int:

@@ -138,6 +138,22 @@ def test_streams_and_stream_batch_equal_the_cpu_backend():
         assert err(streams[1].feed(4), solo.feed(4)) < LOGPROB_TOL
 
 
+def test_generation_samples_on_the_device():
+    cpu, gpu = pair("lstm")
+    # top_k=1 is the argmax on either backend: the same tokens
+    greedy = list(gpu.stream().generate([1], max_tokens=5, top_k=1, seed=0))
+    assert greedy == list(cpu.stream().generate([1], max_tokens=5, top_k=1, seed=0))
+    # the same seed, the same tokens; the stream then reads like any other
+    s1, s2 = gpu.stream(), gpu.stream()
+    a = list(s1.generate([2, 3], max_tokens=6, temperature=1.5, top_p=0.9, seed=7))
+    b = list(s2.generate([2, 3], max_tokens=6, temperature=1.5, top_p=0.9, seed=7))
+    assert a == b and all(0 <= t < 11 for t in a)
+    assert s1.tokens == (2, 3, *a)
+    replay = cpu.stream()
+    assert err(s1.feed(4), replay.feed([2, 3, *a, 4])) < LOGPROB_TOL
+    assert abs(sum(p for _, p in s2.top(11)) - 1.0) < 1e-5
+
+
 def test_scoring_equals_the_cpu_backend():
     vocab = Vocabulary.build(TEXT, "word")
     cpu, gpu = pair("gru", vocab=vocab)
