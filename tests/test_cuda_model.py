@@ -188,6 +188,16 @@ def test_training_on_cuda_ends_with_the_cpu_weights(tmp_path, optimizer):
     assert abs(runs["cpu"][0].best_valid_loss - runs["cuda"][0].best_valid_loss) < 1e-3
 
 
+def test_the_cuda_backend_has_every_name_of_the_cpu_backend():
+    import rnnlm_engine.kernels.cpu as kcpu
+
+    # the CPU's blocked-softmax pieces are internal to its decode_xent
+    missing = set(kcpu.__all__) - {"xent_block", "xent_finish"} - set(kc.__all__)
+    assert not missing
+    assert all(hasattr(kc, name) for name in kc.__all__)
+    assert kc.STREAM_CELLS == kcpu.STREAM_CELLS and kc.ACTS_PER_HIDDEN == kcpu.ACTS_PER_HIDDEN
+
+
 def test_backend_choice(monkeypatch):
     assert get_backend("cuda") is kc
     assert get_backend("cpu").NAME == "cpu"

@@ -13,9 +13,11 @@ every GPU thread is a Python thread); the tests use it on small shapes.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 from numba import cuda
+from numba.core.errors import NumbaPerformanceWarning
 
 from . import _arrays, _cells, _elementwise, _gemm, _stream
 from ._arrays import (
@@ -66,6 +68,12 @@ from ._gemm import gemm
 from ._stream import STREAM_CELLS, stream_step
 
 NAME = "cuda"
+
+# Small models give small grids (a 20x800 product is 26 blocks), and numba warns on every
+# such launch; the grids are sized on purpose, so that warning would only be noise.
+warnings.filterwarnings(
+    "ignore", message=r"Grid size .* under-utilization", category=NumbaPerformanceWarning
+)
 
 
 def unavailable_reason() -> str | None:
