@@ -60,7 +60,7 @@ def get_backend(name: str | None = None) -> ModuleType:
     if name == "auto":
         return importlib.import_module("rnnlm_engine.kernels.cpu")
     raise BackendError(
-        f"backend 'cuda' cannot run here: {reason}. It needs an NVIDIA GPU with its driver "
-        "(no CUDA toolkit: numba brings the compiler); use backend 'cpu' (the default) or "
-        "'auto'"
+        f"backend 'cuda' cannot run here: {reason}. It needs an NVIDIA GPU, its driver and "
+        "the CUDA compiler library numba.cuda uses (NVVM, from a CUDA toolkit or NVIDIA's "
+        "pip wheels); use backend 'cpu' (the default) or 'auto'"
     )
