@@ -176,6 +176,14 @@ def bench_scoring(torch, device, sizes, seconds):
             lp = torch.log_softmax(logits, -1).gather(2, tgt[..., None])[..., 0]
             lp.cpu()
 
+    # the same math: the engine's scores against cuDNN's on these weights and tokens
+    ours, _ = model.token_logprobs(data[:-1], data[1:])
+    with torch.no_grad():
+        logits, _ = tlm.logits(inp, None)
+        theirs = torch.log_softmax(logits, -1).gather(2, tgt[..., None])[..., 0].cpu().numpy()
+    diff = float(np.max(np.abs(ours - theirs)))
+    print(f"  scores against cuDNN's: max |difference| {diff:.2e} (|log p| ~ {np.log(V):.1f})")
+
     te, _ = timed(engine, seconds)
     tt, _ = timed(torch_score, seconds)
     return [("score tokens/s", f"LSTM 2x{H}, V={V}, batch {B}, {T} tokens", B * T / te, B * T / tt)]
@@ -209,6 +217,8 @@ def _stream_row(torch, device, model, tlm, tokens: list[int], seconds: float):
 
 
 def bench_streaming(torch, device, sizes, seconds):
+    import numba
+
     from rnnlm_engine import Model
 
     V, H = sizes["V"], sizes["H"]
@@ -217,6 +227,16 @@ def bench_streaming(torch, device, sizes, seconds):
     tlm = TorchLM(torch, sd, 2, device)
     rows = []
     rng = np.random.default_rng(6)
+    if not numba.config.ENABLE_CUDASIM:  # the streaming kernel's block size, for tuning
+        from rnnlm_engine.kernels.cuda import _stream
+
+        default = _stream.DEFAULT_THREADS
+        for threads in (128, 256, 512):
+            _stream.DEFAULT_THREADS = threads
+            s = model.stream()
+            t, _ = timed(lambda s=s: s.feed([1]), min(2.0, seconds))
+            print(f"  streaming kernel, {threads} threads a block: {t * 1e6:.1f} us/token")
+        _stream.DEFAULT_THREADS = default
     for n in (1, sizes["stream_batch"]):
         tokens = [int(t) for t in rng.integers(0, V, n)]
         te, tt = _stream_row(torch, device, model, tlm, tokens, seconds)
