@@ -678,7 +678,9 @@ class Model:
         c = self._config
         if state is None:
             return self.zero_state(batch)
-        if isinstance(state, np.ndarray):
+        if isinstance(state, np.ndarray) or (
+            not isinstance(state, tuple | list) and self._k.is_array(state)
+        ):  # h alone: a numpy array, or a device array of the backend
             state = (state,)
         if not isinstance(state, tuple) or len(state) not in (1, 2):
             raise InputError(
@@ -728,6 +730,8 @@ class Model:
                 f"state {name} must be a float32 array of shape (layers, batch, hidden) = "
                 f"{shape}; got {a.dtype} {tuple(a.shape)}"
             )
+        if not a.is_c_contiguous():  # a slice of a state (a device array's reshape
+            a = self._k.clone(a)  # would copy: a real DeviceNDArray refuses to)
         flat = a.reshape(-1)
         if not np.isfinite(self._k.sum_of_squares(flat)):
             raise InputError(f"state {name} contains NaN or infinity")

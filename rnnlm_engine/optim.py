@@ -97,9 +97,17 @@ class Adam:
     def load_state(self, tensors: dict[str, np.ndarray], values: dict) -> None:
         self.lr, self.steps = float(values["lr"]), int(values["steps"])
         k = self.k
+
+        def moments(key):  # a checkpoint's host array, or a rollback's backend array
+            a = tensors[key]
+            if tuple(a.shape) != tuple(self.m[key.split(".", 2)[2]].shape):
+                # (numpy would broadcast a wrong shape silently): the caller names the file
+                raise ValueError(f"{key} has shape {tuple(a.shape)}")
+            return a if k.is_array(a) else k.to_device(np.asarray(a))
+
         for name in self.m:
-            k.copy(self.m[name], k.to_device(np.asarray(tensors[f"adam.m.{name}"])))
-            k.copy(self.v[name], k.to_device(np.asarray(tensors[f"adam.v.{name}"])))
+            k.copy(self.m[name], moments(f"adam.m.{name}"))
+            k.copy(self.v[name], moments(f"adam.v.{name}"))
 
 
 OPTIMIZERS = ("sgd", "adam")

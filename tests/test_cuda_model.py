@@ -109,6 +109,66 @@ def test_a_device_state_is_checked_like_a_host_state():
         gpu.forward(ids, (kc.to_device(np.zeros((2, 3, 6), np.float32)), state.c))
 
 
+@pytest.fixture
+def device_reshape_never_copies(monkeypatch):
+    """In the simulator, a device array's reshape that needs a copy raises as a real
+    DeviceNDArray's does ("operation requires copying") instead of silently copying."""
+    if config.ENABLE_CUDASIM:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        def reshape(self, *args, **kwargs):
+            out = self._ary.reshape(*args, **kwargs)
+            if self._ary.size and not np.shares_memory(out, self._ary):
+                raise NotImplementedError("operation requires copying")
+            return FakeCUDAArray(out)
+
+        monkeypatch.setattr(FakeCUDAArray, "reshape", reshape)
+
+
+def test_a_device_state_may_be_a_slice_or_h_alone(device_reshape_never_copies):
+    cpu, gpu = pair("lstm")
+    ids = np.array([[1, 2, 3]])
+    _, s = gpu.forward(ids)
+    # one stream's state out of a batch's: a strided view, which a device array cannot
+    # flatten without a copy
+    (b, sb), (a, sa) = (
+        gpu.forward(ids[:, 1:2], (s.h[:, 1:2], s.c[:, 1:2])),
+        cpu.forward(ids[:, 1:2], (kc.to_host(s.h)[:, 1:2], kc.to_host(s.c)[:, 1:2])),
+    )
+    assert err(b, a) < LOGPROB_TOL and err(sb.h, sa.h) < LOGPROB_TOL
+    # a gru's state carried as the bare h array the previous call returned, as on the CPU
+    cpu, gpu = pair("gru", layers=1)
+    (_, sa), (_, sb) = cpu.forward(ids), gpu.forward(ids)
+    (a, _), (b, _) = cpu.forward(ids, sa.h), gpu.forward(ids, sb.h)
+    assert err(b, a) < LOGPROB_TOL
+
+
+def test_a_roll_back_restores_weights_and_moments_on_the_device(monkeypatch):
+    """train's in-memory snapshot and roll back, on device arrays, with no host copies."""
+    from rnnlm_engine.model import State
+    from rnnlm_engine.optim import Adam
+    from rnnlm_engine.train import _Run
+
+    _, gpu = pair("gru", layers=1)
+    opt = Adam(kc, 0.01, gpu.config.parameter_shapes())
+    _, hidden = gpu.forward(np.array([[1]]))
+    run = _Run(gpu, opt, np.random.default_rng(0), State(hidden.h), 1, 3, 9.0, 0, [], 0.0)
+    before = gpu.state_dict()
+    _, grads, _ = gpu.loss_and_grad(np.array([[1]]), np.array([[2]]))
+    good = run.snapshot()
+    gpu._apply_update(lambda p: opt.step(p, grads))
+    opt.lr = 0.5
+    assert err(gpu.state_dict()["decoder.bias"], before["decoder.bias"]) > 0
+    # everything stays on the device: converting a device array to numpy is refused
+    monkeypatch.setattr(kc, "to_host", lambda a: pytest.fail("copied to the host"))
+    monkeypatch.setattr(np, "asarray", lambda *a, **k: pytest.fail("np.asarray"))
+    run.restore(good)
+    monkeypatch.undo()
+    assert all(np.array_equal(gpu.state_dict()[n], w) for n, w in before.items())
+    assert opt.steps == 0 and opt.lr == 0.5 and run.window == 3
+    assert all(not np.any(kc.to_host(m)) for m in opt.m.values())
+
+
 def test_streams_and_stream_batch_equal_the_cpu_backend():
     cpu, gpu = pair("lstm")
     sc, sg = cpu.stream(), gpu.stream()
@@ -211,6 +271,19 @@ def test_backend_choice(monkeypatch):
         get_backend("cuda")
     with pytest.raises(BackendError, match="no driver"):
         Model.from_state_dict(pair("rnn")[0].state_dict(), cell="rnn", backend="cuda")
+    assert get_backend("auto").NAME == "cpu"
+
+
+def test_a_gpu_without_nvvm_is_refused(monkeypatch):
+    """A driver without libNVVM could launch no kernel: cuda is refused naming NVVM (not
+    left to fail at the first launch), and auto takes the CPU."""
+    import rnnlm_engine.kernels.cuda._stream as ks
+
+    monkeypatch.setattr(ks, "_SIMULATOR", False)
+    monkeypatch.setattr(kc.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(kc, "_nvvm_available", lambda: False)
+    with pytest.raises(BackendError, match="cannot run here: NvvmSupportError: .* no libNVVM"):
+        get_backend("cuda")
     assert get_backend("auto").NAME == "cpu"
 
 

@@ -245,3 +245,12 @@ def test_a_malformed_checkpoint_is_a_model_file_error(data, tmp_path):
     with pytest.raises(ModelFileError, match="broken.ckpt: the checkpoint's training state"):
         train(train_ids, valid_ids, vocab, small_config(epochs=2), out, resume=broken,
               progress=Silent())  # fmt: skip
+    # an optimizer moment of another shape (numpy would have broadcast it silently)
+    tensors = dict(ckpt.training["tensors"])
+    name = next(n for n in tensors if n.startswith("adam.m."))
+    tensors[name] = tensors[name][:1]
+    modelfile.save(broken, config=ckpt.config, tensors=dict(ckpt.tensors), vocab=ckpt.vocab,
+                   training={"tensors": tensors, "values": ckpt.training["values"]})  # fmt: skip
+    with pytest.raises(ModelFileError, match=f"malformed .*{name} has shape"):
+        train(train_ids, valid_ids, vocab, small_config(epochs=2), out, resume=broken,
+              progress=Silent())  # fmt: skip

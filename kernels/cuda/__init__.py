@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 
-from numba import cuda
+from numba import config, cuda
 from numba.core.errors import NumbaPerformanceWarning
 
 from . import _arrays, _cells, _elementwise, _gemm, _stream
@@ -76,11 +76,21 @@ warnings.filterwarnings(
 )
 
 
+def _nvvm_available() -> bool:
+    """Whether numba finds libNVVM, which compiles every kernel on its first launch."""
+    from numba.cuda.cudadrv import nvvm
+
+    return nvvm.is_available()
+
+
 def unavailable_reason() -> str | None:
-    """None when kernels can run here (a GPU, or the simulator); else why not."""
+    """None when kernels can run here (a GPU and NVVM, or the simulator); else why not."""
     try:
         if cuda.is_available():
-            return None
+            # the driver alone runs no kernel: without NVVM the first launch would fail
+            if config.ENABLE_CUDASIM or _nvvm_available():
+                return None
+            return "NvvmSupportError: numba.cuda finds a GPU but no libNVVM to compile kernels with"
         cuda.current_context()  # raises with the driver's own reason
     except Exception as e:  # CudaSupportError, a missing libcuda, ...
         text = " ".join(str(e).split()).rstrip(":. ")  # the driver's message is multi-line
