@@ -277,9 +277,7 @@ def test_backend_choice(monkeypatch):
 def test_a_gpu_without_nvvm_is_refused(monkeypatch):
     """A driver without libNVVM could launch no kernel: cuda is refused naming NVVM (not
     left to fail at the first launch), and auto takes the CPU."""
-    import rnnlm_engine.kernels.cuda._stream as ks
-
-    monkeypatch.setattr(ks, "_SIMULATOR", False)
+    monkeypatch.setattr(kc, "_SIMULATOR", False)
     monkeypatch.setattr(kc.cuda, "is_available", lambda: True)
     monkeypatch.setattr(kc, "_nvvm_available", lambda: False)
     with pytest.raises(BackendError, match="cannot run here: NvvmSupportError: .* no libNVVM"):

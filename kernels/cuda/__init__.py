@@ -68,6 +68,7 @@ from ._gemm import gemm
 from ._stream import STREAM_CELLS, stream_step
 
 NAME = "cuda"
+_SIMULATOR = bool(config.ENABLE_CUDASIM)  # numba's CUDA simulator: kernels run on the CPU
 
 # Small models give small grids (a 20x800 product is 26 blocks), and numba warns on every
 # such launch; the grids are sized on purpose, so that warning would only be noise.
@@ -88,7 +89,7 @@ def unavailable_reason() -> str | None:
     try:
         if cuda.is_available():
             # the driver alone runs no kernel: without NVVM the first launch would fail
-            if config.ENABLE_CUDASIM or _nvvm_available():
+            if _SIMULATOR or _nvvm_available():
                 return None
             return "NvvmSupportError: numba.cuda finds a GPU but no libNVVM to compile kernels with"
         cuda.current_context()  # raises with the driver's own reason
