@@ -58,14 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     common.add_argument("--quiet", action="store_true", help="no progress or messages")
-    common.add_argument(
+    computing = _Parser(add_help=False, parents=[common])  # the commands that run a model
+    computing.add_argument(
         "--backend",
         choices=CHOICES,
         default=None,
         help=f"where the kernels run (default: ${ENV_VAR}, else cpu; auto: cuda if usable)",
     )
 
-    t = sub.add_parser("train", parents=[common], help="train a model on a text file")
+    t = sub.add_parser("train", parents=[computing], help="train a model on a text file")
     t.add_argument("--train", metavar="FILE", help="training text (UTF-8)")
     t.add_argument(
         "--valid",
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="CKPT", help="continue an interrupted run")
     t.set_defaults(func=cmd_train)
 
-    sc = sub.add_parser("score", parents=[common], help="score text, one line per input line")
+    sc = sub.add_parser("score", parents=[computing], help="score text, one line per input line")
     sc.add_argument("model", metavar="MODEL")
     sc.add_argument("file", metavar="FILE", nargs="?", default="-", help="text, or - for stdin")
     sc.add_argument("--mode", choices=["sentence", "corpus"], default="sentence")
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--replace-invalid", action="store_true")
     sc.set_defaults(func=cmd_score)
 
-    g = sub.add_parser("generate", parents=[common], help="write text sampled from a model")
+    g = sub.add_parser("generate", parents=[computing], help="write text sampled from a model")
     g.add_argument("model", metavar="MODEL")
     g.add_argument("--prompt", default=None, help="text to start from (default: a line end)")
     g.add_argument("--tokens", type=int, default=200, metavar="N")
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "demo",
-        parents=[common],
+        parents=[computing],
         help="train a small character model for about a minute, then sample",
     )
     d.add_argument(
