@@ -379,10 +379,17 @@ class StreamBatch:
     go to BLAS (LSTM 2x200, V=10000: at 8 streams the kernel is faster, at 64 BLAS, 14,500
     against 9,500 tokens/s); the results then equal a lone Stream's to float32 rounding
     (the products sum in another order), not bit for bit.
+
+    blas_from defaults to 32 on the cpu backend. On cuda every step is the streaming
+    kernel, which runs any number of streams in one launch (each weight row read once for
+    up to 4 streams at a time), where the batched forward would launch several kernels per
+    layer.
     """
 
-    def __init__(self, model, blas_from: int = 32):
+    def __init__(self, model, blas_from: int | None = None):
         self._model = model
+        if blas_from is None:
+            blas_from = 32 if model.backend == "cpu" else 1 << 62
         self.blas_from = blas_from
 
     def stream(self) -> Stream:

@@ -185,6 +185,7 @@ def test_streams_and_stream_batch_equal_the_cpu_backend():
     assert err(other.feed(5), want) < LOGPROB_TOL
     assert err(back.feed(5), want) < LOGPROB_TOL
 
+    assert StreamBatch(gpu).blas_from > 1 << 40  # cuda: the streaming kernel by default
     for blas_from in (2, 32):  # the BLAS path (batched forward) and the streaming kernel
         batch = StreamBatch(gpu, blas_from=blas_from)
         streams = [batch.stream() for _ in range(3)]
