@@ -41,8 +41,9 @@ U = 2.0**-24  # float32 unit roundoff
 # Cell tolerances: those of test_kernels_cpu.py, same reasoning (float32 dot products of
 # K <= 4H terms, a few ulps per activation, carried through time by bounded Jacobians).
 # The CUDA kernels differ from the CPU ones only in the order of the float32 sums and in
-# libdevice's expf/tanhf (within 2 ulp), so the same bounds apply; the errors seen here are
-# ~2e-7 for both forward and gradients, a 50x margin.
+# libdevice's expf/tanhf (within 2 ulp), so the same bounds apply. The errors seen here are
+# ~2e-7 for both (margins of 50x and 500x); the gradient bound stays the CPU tests' because
+# the GPU-sized test (T=35, H=200) reaches their sweep's worst, ~1e-5.
 FWD_TOL = 1e-5
 GRAD_TOL = 1e-4
 GRAD_FLOOR = 1e-2  # gradients are judged relative to at least 1e-2 max|dhs|
@@ -305,7 +306,8 @@ def test_cell_saturated_gates_stay_finite(cell):
 def test_cells_interchange_with_cpu_backend(cell):
     """The saved activations have the CPU kernels' layout: each backend's forward feeds
     the other's backward."""
-    kc = pytest.importorskip("rnnlm_engine.kernels.cpu")
+    import rnnlm_engine.kernels.cpu as kc
+
     rng = np.random.default_rng(3)
     T, B, H = 3, 2, 5
     inp = cell_inputs(rng, cell, T, B, H, 1.0, 1.0)

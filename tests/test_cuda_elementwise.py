@@ -14,10 +14,6 @@ fails to write shows. Error measure: oracle.normwise_error, max|got - want| / ma
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -228,7 +224,6 @@ def test_scale_inplace(n, threads, blocks, seed, factor):
     got = d.copy_to_host()
     # one float32 product with the factor rounded to float32: exactly numpy's float32 result
     np.testing.assert_array_equal(got, x * np.float32(factor))
-    assert oracle.normwise_error(got, oracle.scale_inplace(x, factor)) < UPDATE_TOL
 
 
 @settings(max_examples=10)
@@ -284,23 +279,15 @@ def test_multiply(shape, threads, blocks, seed):
     np.testing.assert_array_equal(got, a * b)  # one float32 product: exact
 
 
-def test_import_needs_no_gpu():
-    """Importing the CUDA backend compiles nothing and needs no driver: it imports in a
-    process with the simulator off, also on a machine without a GPU (where any device
-    query, transfer or compilation for the current device would raise)."""
-    code = "import rnnlm_engine.kernels.cuda as k; assert k._elementwise.BLOCK >= 32"
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-
-
 def test_set_block_size_checks_power_of_two():
     old = ew.BLOCK
     with pytest.raises(ValueError):
         ew.set_block_size(48)
-    ew.set_block_size(64)
-    assert ew.BLOCK == 64
-    ew.set_block_size(old)
+    try:
+        ew.set_block_size(64)
+        assert ew.BLOCK == 64
+    finally:
+        ew.set_block_size(old)
 
 
 # ---------------------------------------------------------------------------- sampling

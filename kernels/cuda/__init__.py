@@ -53,6 +53,7 @@ from ._elementwise import (
     embedding_forward,
     log_softmax,
     max_abs,
+    multiply,
     row_max,
     row_shift,
     sample,
@@ -62,7 +63,6 @@ from ._elementwise import (
     xent_forward,
     xent_forward_backward,
 )
-from ._elementwise import multiply as _multiply
 from ._gemm import column_sums as _column_sums
 from ._gemm import gemm
 from ._stream import STREAM_CELLS, stream_step
@@ -136,12 +136,6 @@ def matmul(a, b, out=None, trans_a=False, trans_b=False):
     return out
 
 
-def multiply(a, b, out):
-    """out = a * b element-wise (same shapes); returns out."""
-    _multiply(a, b, out)
-    return out
-
-
 def column_sums(a):
     """(N, G) -> a new (G,): the sum over rows (a bias gradient)."""
     out = empty((a.shape[1],))
@@ -153,10 +147,10 @@ def column_sums(a):
 _XENT_ROWS = 4096
 
 
-def decode_xent(top, w_dec, bias, targets, nll, work, *, max_rows=_XENT_ROWS, **_):
+def decode_xent(top, w_dec, bias, targets, nll, work, *, max_rows=_XENT_ROWS):
     """nll (N,) = -log softmax(top @ w_dec.T + bias)[n, targets[n]], top (N, H): the
     scoring pass's decoder, a block of rows at a time (one product, then one block per
-    row for the cross-entropy). The CPU's block-size keywords do not apply here."""
+    row for the cross-entropy)."""
     N = top.shape[0]
     V = w_dec.shape[0]
     rows = min(N, max_rows)

@@ -32,7 +32,7 @@ def _blocks(n: int) -> int:
 
 def is_array(a) -> bool:
     """Whether a is a device array (numba's, or the simulator's)."""
-    return hasattr(a, "copy_to_host") and not isinstance(a, np.ndarray)
+    return hasattr(a, "copy_to_host")
 
 
 def empty(shape, dtype=np.float32):
@@ -97,17 +97,12 @@ def _copy3(dst, src):
 _COPY = {1: _copy1, 2: _copy2, 3: _copy3}
 
 
-def _contiguous(a) -> bool:
-    return a.is_c_contiguous()
-
-
 def copy(dst, src) -> None:
     """dst[...] = src, equal shapes; either may be a strided view; src may be on the host."""
     if dst is src or dst.size == 0:
         return
-    if not is_array(src):
-        src = cuda.to_device(np.ascontiguousarray(src))
-    if _contiguous(dst) and _contiguous(src):
+    src = to_device(src)
+    if dst.is_c_contiguous() and src.is_c_contiguous():
         dst.copy_to_device(src)  # one device-to-device memcpy
         return
     _COPY[dst.ndim][_blocks(dst.size), THREADS](dst, src)

@@ -32,6 +32,8 @@ import math
 import numpy as np
 from numba import cuda, float32, float64, int64
 
+from ._gemm import column_sums
+
 BLOCK = 256  # threads per block on a real GPU
 MAX_BLOCKS = 2048  # grid-stride kernels: 132 SMs x 16 blocks of 256 threads (H100)
 SAMPLE_BINS = 16  # radix of the sampling search: 4 bits of the key per pass
@@ -176,17 +178,6 @@ def _row_lse_parts(logits, bias, n, tid, nt, shm, shs):
     return shm[0], shs[0]
 
 
-@cuda.jit
-def _column_sums_k(a, out):
-    """out (G,) = column sums of a (N, G), accumulated in float64: deterministic."""
-    j = cuda.grid(1)
-    if j < a.shape[1]:
-        acc = float64(0.0)
-        for n in range(a.shape[0]):
-            acc += a[n, j]
-        out[j] = acc
-
-
 @functools.cache
 def _row_kernels(nt):
     """The one-block-per-row kernels for nt threads per block."""
@@ -299,13 +290,13 @@ def xent_forward(logits, bias, targets, shift, nll, *, threads=None):
 
 def xent_forward_backward(logits, bias, targets, shift, scale, nll, dbias, *, threads=None):
     """nll (N,) as xent_forward; then, in place, logits becomes scale * (softmax -
-    onehot(target)) and dbias (V,) its column sums (a second, deterministic kernel: one
-    thread per column, summing in float64). shift is ignored."""
+    onehot(target)) and dbias (V,) its column sums (_gemm.column_sums: deterministic,
+    summing in float64). shift is ignored."""
     N, V = logits.shape
     t = _threads(threads)
     if N > 0:
         _row_kernels(t)[3][N, t](logits, bias, targets, np.float32(scale), nll)
-    _column_sums_k[-(-V // t), t](logits, dbias)
+    column_sums(logits, dbias)
 
 
 def sum_of_squares(x, *, threads=None, blocks=None) -> float:
@@ -423,13 +414,13 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, *, threads=None,
 
 
 def multiply(a, b, out, *, threads=None, blocks=None):
-    """out = a * b element-wise, for C-contiguous arrays of one shape (any ndim)."""
-    a, b, out = _flat(a), _flat(b), _flat(out)
-    n = out.shape[0]
-    if n == 0:
-        return
-    g, t = _grid(n, threads, blocks)
-    _multiply_k[g, t](a, b, out)
+    """out = a * b element-wise, for C-contiguous arrays of one shape (any ndim); returns
+    out (as numpy's multiply does)."""
+    n = out.size
+    if n:
+        g, t = _grid(n, threads, blocks)
+        _multiply_k[g, t](_flat(a), _flat(b), _flat(out))
+    return out
 
 
 # ---------------------------------------------------------------------------- sampling

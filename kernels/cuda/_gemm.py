@@ -27,7 +27,7 @@ import functools
 from typing import NamedTuple
 
 import numpy as np
-from numba import cuda, float32
+from numba import cuda, float32, float64
 
 
 class Tile(NamedTuple):
@@ -205,13 +205,14 @@ def gemm(a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, *, tile=N
 
 @functools.cache
 def _column_sums_kernel(CX: int, CY: int):
-    ZERO = np.float32(0.0)
+    ZERO = np.float64(0.0)
 
     @cuda.jit
     def kernel(a, out):
+        # float64 sums: N may be every position of a training window (the bias gradients)
         N = a.shape[0]
         G = a.shape[1]
-        part = cuda.shared.array((CY, CX), float32)
+        part = cuda.shared.array((CY, CX), float64)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         col = cuda.blockIdx.x * CX + tx

@@ -54,6 +54,8 @@ import threading
 import numpy as np
 from numba import config, cuda, float32, int64
 
+from ._cells import _sigmoid  # the cells' own: one sigmoid for the CUDA backend
+
 STREAM_CELLS = {"rnn": 0, "gru": 1, "lstm": 2}
 
 _SIMULATOR = bool(config.ENABLE_CUDASIM)
@@ -172,15 +174,6 @@ def _imin(a, b):
 @cuda.jit(device=True)
 def _fmax(a, b):
     return a if a > b else b
-
-
-@cuda.jit(device=True)
-def _sigmoid(x):
-    # exp of a non-positive number only: never overflows
-    if x >= _ZERO:
-        return _ONE / (_ONE + math.exp(-x))
-    e = math.exp(x)
-    return e / (_ONE + e)
 
 
 @cuda.jit(device=True)
