@@ -467,7 +467,9 @@ def _info_lines(info: dict):
     )
     vocab = info.get("vocab")
     if vocab:
-        yield "vocabulary", f"{vocab.get('size'):,} tokens ({vocab.get('kind')})"
+        size = vocab.get("size")  # None: a vocabulary stored without its token list
+        tokens = "tokens not listed" if size is None else f"{size:,} tokens"
+        yield "vocabulary", f"{tokens} ({vocab.get('kind')})"
     else:
         yield "vocabulary", f"{cfg.get('vocab_size'):,} ids (no vocabulary stored)"
     yield "parameters", f"{info.get('parameters', 0):,}"

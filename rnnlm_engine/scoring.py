@@ -99,8 +99,9 @@ def score(model, source, mode="sentence", per_token=False, batch_size=64, errors
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
     lines = _read_lines(source, errors)
-    run = _sentences if mode == "sentence" else _corpus
-    return Scoring(run(model, lines, per_token, batch_size))
+    if mode == "sentence":
+        return Scoring(_sentences(model, lines, per_token, batch_size))
+    return Scoring(_corpus(model, lines, per_token))  # one stream: no batches
 
 
 def _read_lines(source, errors: str) -> Iterator[str]:
@@ -225,7 +226,7 @@ def _line_score(line_no: int, lps: np.ndarray, oov: np.ndarray, per_token: bool)
     )
 
 
-def _corpus(model, lines: Iterable[str], per_token: bool, batch_size: int):
+def _corpus(model, lines: Iterable[str], per_token: bool):
     state = None
     prev = None  # the last token fed: the context of the next prediction
     pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # lines waiting to be scored

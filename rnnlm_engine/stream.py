@@ -294,12 +294,13 @@ class Stream:
         _check_sampling(temperature, top_k, top_p)
         if prompt is not None and not (isinstance(prompt, str) and prompt == ""):
             self.feed(prompt)
-        self._current()
+        if self._logprobs is None:
+            self._current()  # raises: nothing to predict from yet
         generated: list[int] = []
         device = _device_sampler(self._model._k)
         for _ in range(int(max_tokens)):
             if device is None:
-                i = sample_id(self._current(), temperature, top_k, top_p, rng)
+                i = _draw(self._current(), temperature, top_k, top_p, rng)  # checked above
             else:
                 i = device(self._logprobs, temperature, top_k, top_p, rng)
             self._advance(np.array([i], np.int64), to_host=device is None)
@@ -353,6 +354,11 @@ def _device_sampler(k):
 def sample_id(logprobs: np.ndarray, temperature, top_k, top_p, rng) -> int:
     """One draw from softmax(logprobs / temperature), restricted by top_k and top_p."""
     _check_sampling(temperature, top_k, top_p)
+    return _draw(logprobs, temperature, top_k, top_p, rng)
+
+
+def _draw(logprobs: np.ndarray, temperature, top_k, top_p, rng) -> int:
+    """sample_id without the checks of its arguments (generate checks them once)."""
     z = logprobs.astype(np.float64) / temperature
     order = np.argsort(-z, kind="stable")
     if top_k is not None:

@@ -524,7 +524,7 @@ def train(
                     )
                 norm = clip_grad_norm(run.model._k, grads, config.clip) if config.clip > 0 else 0.0
                 if not (math.isfinite(loss) and math.isfinite(norm)):
-                    _roll_back(run, good, progress, loss, config)
+                    _roll_back(run, good, progress, loss)
                     continue
                 run.model._apply_update(lambda p, g=grads: run.optimizer.step(p, g))
                 run.hidden = hidden
@@ -606,7 +606,7 @@ def _entry(run: _Run, loss_sum: float, loss_n: int, tokens: int, seconds: float)
     }
 
 
-def _roll_back(run: _Run, good, progress: Progress, loss: float, config: TrainConfig) -> None:
+def _roll_back(run: _Run, good, progress: Progress, loss: float) -> None:
     run.rollbacks += 1
     where = f"epoch {run.epoch}, window {run.window}"
     if run.rollbacks > MAX_ROLLBACKS:

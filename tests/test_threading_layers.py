@@ -23,6 +23,7 @@ SCRIPT = textwrap.dedent(
     model = rl.Model.from_state_dict(sd)
     ids = rng.integers(0, 31, (12, 3))
     want = model.forward(ids)[0]
+    fed = model.stream().feed(ids[:, 0])
     results, errors = [], []
 
     def work():
@@ -31,6 +32,10 @@ SCRIPT = textwrap.dedent(
                 results.append(model.loss_and_grad(ids, ids)[0])
                 got = model.forward(ids)[0]
                 assert np.array_equal(got, want)
+                stream = model.stream()  # the streaming kernel's parallel loops too
+                for i in ids[:, 0]:
+                    got = stream.feed(int(i))
+                assert np.array_equal(got, fed)
         except Exception as e:
             errors.append(repr(e))
 

@@ -6,6 +6,7 @@ validates its input (``rnnlm_engine.model`` does, before any kernel runs).
 
 import numpy as np
 
+from . import _jit
 from ._jit import (
     STREAM_CELLS,
     adam_update,
@@ -15,7 +16,6 @@ from ._jit import (
     row_max,
     scale_inplace,
     sgd_update,
-    stream_step,
     sum_of_squares,
     xent_block,
     xent_finish,
@@ -32,6 +32,7 @@ from .cells import (
     lstm_forward,
     rnn_backward,
     rnn_forward,
+    workqueue_lock,
 )
 
 NAME = "cpu"
@@ -56,6 +57,13 @@ def to_device(array):
 
 def to_host(array):
     return array
+
+
+def stream_step(*args):
+    """_jit.stream_step (see there), serialised with every other parallel launch on
+    Numba's workqueue layer, which aborts the process when two threads launch at once."""
+    with workqueue_lock():
+        _jit.stream_step(*args)
 
 
 def is_array(a) -> bool:

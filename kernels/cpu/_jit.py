@@ -12,8 +12,9 @@ Threads: numpy's OpenBLAS keeps its worker threads spinning for a while after ea
 matrix product, so a Numba kernel that runs on several threads right after one competes
 with them for the cores. Measured on 2 cores: the scoring pass of an LSTM 2x200 with
 V=65 took 22.8 ms with Numba's parallel kernels and 15.6 ms with every Numba kernel on one
-thread; training 56 ms against 35 ms. So the kernels run on the calling thread, BLAS
-alone uses the cores, and many model calls in many threads run side by side.
+thread; training 56 ms against 35 ms. So the kernels of the batched passes run on the
+calling thread, BLAS alone uses the cores, and many model calls in many threads run side
+by side. The streaming kernels, which use no BLAS, are parallel loops (see "streaming").
 
 Every kernel uses ``error_model="numpy"``: with Numba's default ("python") each division
 checks for zero and raises, and that branch stops LLVM from vectorizing the loop (a

@@ -32,7 +32,8 @@ from . import _jit
 
 # Numba's fallback threading layer, "workqueue" (used where neither OpenMP nor TBB can be
 # loaded), aborts the process when two threads launch parallel kernels at once; on it,
-# step loops take turns. OpenMP and TBB need no lock.
+# every parallel launch (the step loops here, the streaming kernel) takes turns. OpenMP
+# and TBB need no lock.
 _WORKQUEUE_LOCK = threading.Lock()
 
 
@@ -41,6 +42,11 @@ def _needs_lock() -> bool:
         return numba.threading_layer() == "workqueue"
     except ValueError:  # no parallel kernel has run yet: the layer is not chosen
         return True
+
+
+def workqueue_lock():
+    """The lock parallel launches share on the workqueue layer; elsewhere a null context."""
+    return _WORKQUEUE_LOCK if _needs_lock() else nullcontext()
 
 
 @contextmanager
@@ -56,7 +62,7 @@ def _one_thread():
     n = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        with _WORKQUEUE_LOCK if _needs_lock() else nullcontext():
+        with workqueue_lock():
             yield
     finally:
         numba.set_num_threads(n)
