@@ -322,6 +322,7 @@ def cmd_train(args) -> int:
         args.out,
         checkpoint=args.checkpoint,
         resume=args.resume,
+        resume_file=f if args.resume else None,  # read once, here
         progress=progress,
         extra_metadata={"cli": cli_info},
         backend=args.backend,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import modelfile
-from .config import CELLS, ModelConfig
+from .config import ModelConfig
 from .errors import ConfigError, InputError, ModelFileError, RnnlmError
 from .model import Model, State
 from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
@@ -77,11 +77,9 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {v!r}")
 
-        for name in ("emb_size", "hidden_size", "num_layers", "epochs", "batch_size", "bptt"):
+        self.model_config(2)  # the model's own settings, checked where ModelConfig checks them
+        for name in ("epochs", "batch_size", "bptt", "eval_batch_size"):
             positive_int(name)
-        positive_int("eval_batch_size")
-        if self.cell not in CELLS:
-            raise ConfigError(f"cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}"
@@ -106,8 +104,6 @@ class TrainConfig:
             or self.decay_start < 1
         ):
             raise ConfigError(f"decay_start must be a positive epoch; got {self.decay_start!r}")
-        if self.tied and self.emb_size != self.hidden_size:
-            raise ConfigError("tied weights need emb_size == hidden_size")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
@@ -351,11 +347,11 @@ def _metadata(run: _Run, config: TrainConfig, vocab: Vocabulary) -> dict:
     return meta
 
 
-def _resume(path, config: TrainConfig, vocab: Vocabulary, fingerprint: str, backend):
+def _resume(path, f, config: TrainConfig, vocab: Vocabulary, fingerprint: str, backend):
     """The run saved in a checkpoint. A checkpoint whose training state is malformed
     raises ModelFileError naming the file; one of other settings or data, ConfigError."""
     try:
-        return _resume_unchecked(path, config, vocab, fingerprint, backend)
+        return _resume_unchecked(path, f, config, vocab, fingerprint, backend)
     except RnnlmError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
@@ -364,8 +360,8 @@ def _resume(path, config: TrainConfig, vocab: Vocabulary, fingerprint: str, back
         ) from None
 
 
-def _resume_unchecked(path, config, vocab, fingerprint, backend):
-    f = modelfile.load(path)
+def _resume_unchecked(path, f, config, vocab, fingerprint, backend):
+    f = modelfile.load(path) if f is None else f
     if f.training is None or f.training.get("values", {}).get("kind") != "checkpoint":
         raise ModelFileError(f"{path}: not a training checkpoint (it holds no training state)")
     values, tensors = f.training["values"], f.training["tensors"]
@@ -429,6 +425,7 @@ def train(
     *,
     checkpoint=None,
     resume=None,
+    resume_file: modelfile.ModelFile | None = None,
     progress: Progress | None = None,
     backend: str | None = None,
     extra_metadata: dict | None = None,
@@ -438,7 +435,8 @@ def train(
     checkpoints go to `checkpoint` (default: out + ".ckpt"; False: none at all, not even
     on Ctrl-C or at the time limit). resume: a checkpoint to
     continue from (same data and settings; epochs, max_time and checkpoint_every may
-    change). extra_metadata is added to the files' metadata. A run stopped by max_time
+    change); resume_file: that file already loaded, if the caller has (it is then not read
+    again). extra_metadata is added to the files' metadata. A run stopped by max_time
     validates its last weights too (kept if better; the learning-rate schedule looks at
     whole epochs only). Returns a TrainResult; raises TrainingDiverged, ConfigError,
     InputError.
@@ -455,7 +453,7 @@ def train(
     fingerprint = data_fingerprint(train_ids, valid_ids)
 
     if resume is not None:
-        run = _resume(resume, config, vocab, fingerprint, backend)
+        run = _resume(resume, resume_file, config, vocab, fingerprint, backend)
         progress.message(
             f"resumed {resume}: epoch {run.epoch}, window {run.window}, "
             f"learning rate {run.optimizer.lr:g}"
