@@ -98,11 +98,10 @@ class Model:
         self._recurrent_bounds = _check_sums_fit_float32(config, host_params)
         self._params = {name: self._k.to_device(a) for name, a in host_params.items()}
         self._ws = _Workspace()
-        self._input_table: np.ndarray | None = None
-        self._input_table_lock = threading.Lock()
-        self._stream_weights: dict | None = None
-        self._decoder_t_copy: np.ndarray | None = None
-        self._fingerprint: str | None = None
+        # what is derived from the parameters, built on first use (see _cached): the
+        # layer-0 input table, the streaming weights, the transposed decoder, the fingerprint
+        self._derived: dict = {}
+        self._derived_lock = threading.RLock()  # a build may ask for another (reentrant)
         # a second copy of each recurrent matrix, in the layout the cell forward prefers
         self._w_hh_forward = []
         for layer in range(config.num_layers):
@@ -206,11 +205,8 @@ class Model:
             update(self._params)
             for layer, w in enumerate(self._w_hh_forward):
                 k.copy(w, self._params[f"rnn.weight_hh_l{layer}"])
-            with self._input_table_lock:
-                self._input_table = None
-                self._stream_weights = None
-                self._decoder_t_copy = None
-                self._fingerprint = None
+            with self._derived_lock:
+                self._derived.clear()
         finally:
             for a in arrays:
                 k.freeze(a)
@@ -411,15 +407,28 @@ class Model:
     def fingerprint(self) -> str:
         """A digest of the config and every weight: equal models, equal fingerprints
         (snapshots of one model's streams are refused by another)."""
-        if self._fingerprint is None:
+
+        def build():
             import hashlib
 
             h = hashlib.sha256(repr(sorted(self._config.to_dict().items())).encode())
             for name in sorted(self._params):
                 h.update(name.encode())
                 h.update(np.ascontiguousarray(self._k.to_host(self._params[name])).tobytes())
-            self._fingerprint = h.hexdigest()[:32]
-        return self._fingerprint
+            return h.hexdigest()[:32]
+
+        return self._cached("fingerprint", build)
+
+    def _cached(self, name: str, build):
+        """The derived value `name`, built by the first thread to ask (others wait for it)
+        and kept until a training update clears them all."""
+        value = self._derived.get(name)
+        if value is None:
+            with self._derived_lock:
+                value = self._derived.get(name)
+                if value is None:
+                    value = self._derived[name] = build()
+        return value
 
     def _step(self, ids: np.ndarray, h: np.ndarray, c: np.ndarray | None, to_host=True):
         """T streaming steps for N streams: ids (T, N) int64 (checked by the caller), state
@@ -449,33 +458,29 @@ class Model:
 
     def _streaming_weights(self) -> dict:
         """The weights stacked as the streaming kernel takes them (built once)."""
-        if self._stream_weights is None:
-            with self._input_table_lock:
-                built = self._stream_weights
-            if built is None:
-                k, p, c = self._k, self._params, self._config
-                L, G, H = c.num_layers, c.gate_rows, c.hidden_size
-                table = self._layer0_table()
-                w_ih = k.empty((max(L - 1, 0), G, H), np.float32)
-                for layer in range(1, L):
-                    k.copy(w_ih[layer - 1], p[f"rnn.weight_ih_l{layer}"])
-                built = {
-                    "table": table if table is not None else k.empty((0, G), np.float32),
-                    "emb": p["encoder.weight"],
-                    "w_ih0": p["rnn.weight_ih_l0"],
-                    "w_ih": w_ih,
-                    "b_ih": k.stack([p[f"rnn.bias_ih_l{i}"] for i in range(L)]),
-                    "w_hh": k.stack([p[f"rnn.weight_hh_l{i}"] for i in range(L)]),
-                    "b_hh": k.stack([p[f"rnn.bias_hh_l{i}"] for i in range(L)]),
-                    "w_dec": p["encoder.weight" if c.tied else "decoder.weight"],
-                    "b_dec": p["decoder.bias"],
-                }
-                for a in built.values():
-                    k.freeze(a)
-                with self._input_table_lock:
-                    if self._stream_weights is None:
-                        self._stream_weights = built
-        return self._stream_weights
+        return self._cached("stream_weights", self._build_streaming_weights)
+
+    def _build_streaming_weights(self) -> dict:
+        k, p, c = self._k, self._params, self._config
+        L, G, H = c.num_layers, c.gate_rows, c.hidden_size
+        table = self._layer0_table()
+        w_ih = k.empty((max(L - 1, 0), G, H), np.float32)
+        for layer in range(1, L):
+            k.copy(w_ih[layer - 1], p[f"rnn.weight_ih_l{layer}"])
+        built = {
+            "table": table if table is not None else k.empty((0, G), np.float32),
+            "emb": p["encoder.weight"],
+            "w_ih0": p["rnn.weight_ih_l0"],
+            "w_ih": w_ih,
+            "b_ih": k.stack([p[f"rnn.bias_ih_l{i}"] for i in range(L)]),
+            "w_hh": k.stack([p[f"rnn.weight_hh_l{i}"] for i in range(L)]),
+            "b_hh": k.stack([p[f"rnn.bias_hh_l{i}"] for i in range(L)]),
+            "w_dec": p["encoder.weight" if c.tied else "decoder.weight"],
+            "b_dec": p["decoder.bias"],
+        }
+        for a in built.values():
+            k.freeze(a)
+        return built
 
     def _layer0_table(self):
         """The (V, G) table of layer 0's input projection for every token, or None when
@@ -483,15 +488,15 @@ class Model:
         c = self._config
         if c.vocab_size * c.gate_rows * 4 > _INPUT_TABLE_MAX_BYTES:
             return None
-        if self._input_table is None:
-            with self._input_table_lock:
-                if self._input_table is None:
-                    k, p = self._k, self._params
-                    table = k.empty((c.vocab_size, c.gate_rows), np.float32)
-                    k.matmul(p["encoder.weight"], p["rnn.weight_ih_l0"], out=table, trans_b=True)
-                    k.add_bias(table, p["rnn.bias_ih_l0"])
-                    self._input_table = k.freeze(table)
-        return self._input_table
+
+        def build():
+            k, p = self._k, self._params
+            table = k.empty((c.vocab_size, c.gate_rows), np.float32)
+            k.matmul(p["encoder.weight"], p["rnn.weight_ih_l0"], out=table, trans_b=True)
+            k.add_bias(table, p["rnn.bias_ih_l0"])
+            return k.freeze(table)
+
+        return self._cached("input_table", build)
 
     def _softmax_shift(self, logits):
         """The softmax kernels' per-row shift for these logits (finite: the parameters'
@@ -529,14 +534,13 @@ class Model:
 
     def _decoder_t(self):
         """A C-contiguous (H, V) copy of the decoder matrix (built once, on first use)."""
-        if self._decoder_t_copy is None:
-            c = self._config
+
+        def build():
+            k, c = self._k, self._config
             w_dec = self._params["encoder.weight" if c.tied else "decoder.weight"]
-            w = self._k.freeze(self._k.to_device(np.ascontiguousarray(self._k.to_host(w_dec).T)))
-            with self._input_table_lock:
-                if self._decoder_t_copy is None:
-                    self._decoder_t_copy = w
-        return self._decoder_t_copy
+            return k.freeze(k.to_device(np.ascontiguousarray(k.to_host(w_dec).T)))
+
+        return self._cached("decoder_t", build)
 
     def _decode(self, top):
         """top (N, H) -> logits (N, V) = top W^T, without the bias (the softmax kernels
