@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from kernel_cases import CELLS, FWD_TOL, GATES, GRAD_FLOOR, GRAD_TOL, cell_inputs, f32, rel_err
 from numba import cuda
 
 from rnnlm_engine import oracle
@@ -34,19 +35,13 @@ pytestmark = [
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 
 
-CELLS = ["rnn", "gru", "lstm"]
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 U = 2.0**-24  # float32 unit roundoff
 
-# Cell tolerances: those of test_kernels_cpu.py, same reasoning (float32 dot products of
-# K <= 4H terms, a few ulps per activation, carried through time by bounded Jacobians).
+# Cell tolerances (FWD_TOL, GRAD_TOL, GRAD_FLOOR): the CPU tests', from kernel_cases.py.
 # The CUDA kernels differ from the CPU ones only in the order of the float32 sums and in
 # libdevice's expf/tanhf (within 2 ulp), so the same bounds apply. The errors seen here are
 # ~2e-7 for both (margins of 50x and 500x); the gradient bound stays the CPU tests' because
 # the GPU-sized test (T=35, H=200) reaches their sweep's worst, ~1e-5.
-FWD_TOL = 1e-5
-GRAD_TOL = 1e-4
-GRAD_FLOOR = 1e-2  # gradients are judged relative to at least 1e-2 max|dhs|
 
 # Simulator-sized tiles: 4 to 16 threads a block, tiles of 2x3 to 6x10 outputs, K slices
 # of 2 to 5, so every product of the cell tests spans several tiles in M, N and K.
@@ -79,15 +74,6 @@ def dev(x):
 
 def host(d):
     return None if d is None else d.copy_to_host()
-
-
-def f32(rng, shape, scale=1.0) -> np.ndarray:
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-
-def rel_err(got, want, floor: float = 0.0) -> float:
-    assert np.all(np.isfinite(got)), "kernel left NaN (unwritten element) or inf"
-    return oracle.normwise_error(got, want, floor)
 
 
 # ---------------------------------------------------------------------------- gemm
@@ -192,17 +178,6 @@ def test_column_sums(N, G, block, seed):
 
 
 # ---------------------------------------------------------------------------- cells
-
-
-def cell_inputs(rng, cell, T, B, H, w_scale, x_scale):
-    G = GATES[cell] * H
-    return dict(
-        xproj=f32(rng, (T, B, G), x_scale),
-        w_hh=(rng.uniform(-1, 1, (G, H)) * w_scale / np.sqrt(H)).astype(np.float32),
-        b_hh=f32(rng, G, 0.5),
-        h0=rng.uniform(-1, 1, (B, H)).astype(np.float32),
-        c0=f32(rng, (B, H), 2.0) if cell == "lstm" else None,
-    )
 
 
 def cuda_forward(cell, inp):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from kernel_cases import f32, rel_err
 from numba import cuda
 
 from rnnlm_engine import oracle
@@ -60,15 +61,6 @@ def dev(a):
 def poisoned(shape, dtype=np.float32):
     fill = -1 if np.dtype(dtype).kind == "i" else np.nan
     return cuda.to_device(np.full(shape, fill, dtype))
-
-
-def rel_err(got, want, floor: float = 0.0) -> float:
-    assert np.all(np.isfinite(got)), "kernel left NaN (unwritten element) or inf"
-    return oracle.normwise_error(got, want, floor)
-
-
-def f32(rng, shape, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- embedding

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from kernel_cases import CELLS, GATES
 from numba import config, cuda
 
 import rnnlm_engine.kernels.cpu as kc
@@ -41,8 +42,6 @@ if not cuda.is_available():
 pytestmark = pytest.mark.usefixtures("cuda_simulator_fixes")
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
-CELLS = ["rnn", "gru", "lstm"]
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 # Launch shapes: (threads, blocks); blocks None = the kernel's default (1 in the simulator).
 if SIMULATOR:
