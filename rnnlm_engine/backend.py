@@ -11,7 +11,7 @@ through ``get_backend``. It provides, with the contracts documented in ``kernels
   ``lstm_forward`` etc.) and ``ACTS_PER_HIDDEN``;
 - softmax: ``row_shift``, ``row_max``, ``log_softmax``, ``xent_forward``,
   ``xent_forward_backward``; ``decode_xent`` (the scoring pass's decoder product and
-  cross-entropy together, in blocks, with ``xent_block`` and ``xent_finish``);
+  cross-entropy together, in blocks of bounded memory);
 - optimizer: ``sum_of_squares``, ``scale_inplace``, ``sgd_update``, ``adam_update``.
 
 and the array plumbing the model needs without touching the arrays itself (a CUDA

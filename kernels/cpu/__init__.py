@@ -17,8 +17,6 @@ from ._jit import (
     scale_inplace,
     sgd_update,
     sum_of_squares,
-    xent_block,
-    xent_finish,
     xent_forward,
     xent_forward_backward,
 )
@@ -199,8 +197,8 @@ def decode_xent(
             v1 = min(V, v0 + vb)
             block = buf[: (v1 - v0) * n].reshape(v1 - v0, n)
             np.matmul(w_dec[v0:v1], tt, out=block)
-            xent_block(block, bias, v0, targets[r0:r1], m, s, tl, bm, sb)
-        xent_finish(m, s, tl, nll[r0:r1])
+            _jit.xent_block(block, bias, v0, targets[r0:r1], m, s, tl, bm, sb)
+        _jit.xent_finish(m, s, tl, nll[r0:r1])
 
 
 def forward_layout(w_hh):
@@ -250,8 +248,6 @@ __all__ = [
     "sum_of_squares",
     "to_device",
     "to_host",
-    "xent_block",
-    "xent_finish",
     "xent_forward",
     "xent_forward_backward",
     "zeros",
