@@ -5,7 +5,7 @@ through ``get_backend``. It provides, with the contracts documented in ``kernels
 
 - arrays: ``NAME``, ``empty``, ``zeros``, ``to_device``, ``to_host``, ``matmul(a, b, out=)``,
   ``multiply(a, b, out=)``,
-  ``column_sums``, ``forward_layout`` (the recurrent matrix as the cell forward wants it);
+  ``column_sums``, ``forward_layout`` (a layer matrix as the forward products want it);
 - embedding: ``embedding_forward``, ``embedding_backward``;
 - cells: ``CELL_FORWARD`` / ``CELL_BACKWARD`` (name -> function, also exported as
   ``lstm_forward`` etc.) and ``ACTS_PER_HIDDEN``;
@@ -16,7 +16,7 @@ through ``get_backend``. It provides, with the contracts documented in ``kernels
 
 and the array plumbing the model needs without touching the arrays itself (a CUDA
 device array supports none of numpy's operators): ``is_array``, ``clone``, ``copy``,
-``add_bias``, ``stack``, ``gather_streams``, ``stream_state``, ``freeze``, ``thaw``,
+``add_bias``, ``stack``, ``gather_streams``, ``split_streams``, ``freeze``, ``thaw``,
 ``max_abs``; ``stream_step`` and ``STREAM_CELLS`` for streaming.
 
 The CUDA backend (``kernels/cuda``) has the same names, so the model runs on either.

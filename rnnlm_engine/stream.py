@@ -170,7 +170,10 @@ class Stream:
         k = self._model._k
         self._h = k.to_device(np.array(snapshot.h[:, None, :]))
         self._c = None if snapshot.c is None else k.to_device(np.array(snapshot.c[:, None, :]))
-        self._logprobs = None if snapshot.logprobs is None else np.array(snapshot.logprobs)
+        self._logprobs = None
+        if snapshot.logprobs is not None:  # a copy: a Snapshot built by hand may share it
+            self._logprobs = np.array(snapshot.logprobs)
+            self._logprobs.flags.writeable = False
         self._tokens = list(snapshot.tokens)
 
     def fork(self) -> Stream:
@@ -188,9 +191,11 @@ class Stream:
 
     def feed(self, text_or_ids) -> np.ndarray:
         """Advance over the tokens of a text (encoded with the model's vocabulary) or of a
-        sequence of ids; returns the log-probabilities (V,) float32 of the next token."""
+        sequence of ids; returns the log-probabilities (V,) float32 of the next token, as
+        a read-only array (the stream's own, which its top, prob and sample read; no copy
+        is made per token: np.array(...) of it gives a writable copy)."""
         self._advance(self._ids(text_or_ids), to_host=True)
-        return self._logprobs.copy()
+        return self._logprobs
 
     def _advance(self, ids: np.ndarray, to_host: bool) -> None:
         # one kernel call for the whole chunk, which computes exactly what feeding its
@@ -198,6 +203,8 @@ class Stream:
         h, c, logprobs = self._model._step(ids.reshape(-1, 1), self._h, self._c, to_host)
         # only now, after every step ran: a failed call changes nothing
         self._h, self._c = h, c
+        if isinstance(logprobs, np.ndarray):
+            logprobs.flags.writeable = False
         self._logprobs = logprobs[0]
         self._tokens.extend(ids.tolist())
 
@@ -235,6 +242,7 @@ class Stream:
             raise InputError("feed at least one token first: the stream has no prediction yet")
         if not isinstance(self._logprobs, np.ndarray):  # still on the device
             self._logprobs = self._model._k.to_host(self._logprobs)
+            self._logprobs.flags.writeable = False
         return self._logprobs
 
     def _token_id(self, token) -> int:
@@ -405,42 +413,61 @@ class StreamBatch:
     def step(self, pairs) -> list[np.ndarray]:
         """pairs: [(stream, token)], token a str of the vocabulary or an int id (one token
         per stream, each stream at most once). Returns each stream's next-token
-        log-probabilities (V,) in the order given. If anything is invalid nothing moves."""
+        log-probabilities (V,), read-only, in the order given. If anything is invalid
+        nothing moves."""
         pairs = list(pairs)
         if not pairs:
             raise InputError("a step needs at least one (stream, token) pair")
-        streams = [s for s, _ in pairs]
+        model = self._model
+        V = model.config.vocab_size
+        streams = []
+        ids = np.empty(len(pairs), np.int64)
+        for n, pair in enumerate(pairs):
+            try:
+                s, token = pair
+            except (TypeError, ValueError):
+                raise InputError(f"pair {n}: expected (stream, token); got {pair!r}") from None
+            if not isinstance(s, Stream) or s._model is not model:
+                raise InputError(f"pair {n}: not a Stream of this batch's model")
+            streams.append(s)
+            if type(token) is int and 0 <= token < V:  # the common case, checked at once
+                ids[n] = token
+            else:
+                ids[n] = _one_token(s, n, token, V)
         if len({id(s) for s in streams}) != len(streams):
             raise InputError("a stream may take only one token per step")
-        ids = np.empty(len(pairs), np.int64)
-        ids_limit = range(self._model.config.vocab_size)
-        for n, (s, token) in enumerate(pairs):
-            if not isinstance(s, Stream) or s._model is not self._model:
-                raise InputError(f"pair {n}: not a Stream of this batch's model")
-            if isinstance(token, int | np.integer) and not isinstance(token, bool):
-                if not 0 <= token < len(ids_limit):
-                    raise InputError(f"pair {n}: token id {token} is outside [0, {len(ids_limit)})")
-                ids[n] = token
-            elif isinstance(token, str):
-                one = s._ids(token)
-                if one.shape[0] != 1:
-                    raise InputError(f"pair {n}: {token!r} is {one.shape[0]} tokens, not one")
-                ids[n] = one[0]
-            else:
-                ids[n] = s._ids([token])[0]
-        k = self._model._k
+        k = model._k
         h = k.gather_streams([s._h for s in streams])
         c = None if streams[0]._c is None else k.gather_streams([s._c for s in streams])
         if len(streams) >= self.blas_from:
-            lp, state = self._model.forward(ids[None, :], State(h, c))
+            # the states are the streams' own, made by this model: no need to check them
+            lp, state = model._forward_checked(ids[None, :], State(h, c))
             h_out, c_out, logprobs = state.h, state.c, lp[0]
         else:
-            h_out, c_out, logprobs = self._model._step(ids.reshape(1, -1), h, c)
-        out = []
-        for n, s in enumerate(streams):
-            s._h = k.stream_state(h_out, n)
-            s._c = None if c_out is None else k.stream_state(c_out, n)
-            s._logprobs = logprobs[n].copy()
-            s._tokens.append(int(ids[n]))
-            out.append(logprobs[n])  # rows of a fresh array: the caller's to keep
-        return out
+            h_out, c_out, logprobs = model._step(ids.reshape(1, -1), h, c)
+        hs = k.split_streams(h_out)
+        cs = None if c_out is None else k.split_streams(c_out)
+        # the rows are read-only views of one fresh array: each stream keeps its row and
+        # the caller gets the same row, without a copy of every row per step
+        logprobs.flags.writeable = False
+        for n, (s, token) in enumerate(zip(streams, ids.tolist(), strict=True)):
+            s._h = hs[n]
+            s._c = None if cs is None else cs[n]
+            s._logprobs = logprobs[n]
+            s._tokens.append(token)
+        return list(logprobs)
+
+
+def _one_token(stream: Stream, n: int, token, V: int) -> int:
+    """The id of pair n's token (not a plain int in range): checked, with errors naming
+    the pair."""
+    if isinstance(token, int | np.integer) and not isinstance(token, bool):
+        if not 0 <= token < V:
+            raise InputError(f"pair {n}: token id {token} is outside [0, {V})")
+        return int(token)
+    if isinstance(token, str):
+        one = stream._ids(token)
+        if one.shape[0] != 1:
+            raise InputError(f"pair {n}: {token!r} is {one.shape[0]} tokens, not one")
+        return int(one[0])
+    return int(stream._ids([token])[0])

@@ -220,13 +220,15 @@ def test_streams_in_threads_equal_sequential_runs():
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("blas_from", [1000, 3])
-def test_stream_batch_equals_separate_streams_with_joins_and_leaves(blas_from):
+def test_stream_batch_equals_separate_streams_with_joins_and_leaves(blas_from, cell):
     """With the streaming kernel, exactly; with the BLAS forward (from `blas_from`
-    streams), to float32 rounding."""
+    streams), to float32 rounding. The rows a step returns are read-only (each is also
+    its stream's own prediction)."""
     from rnnlm_engine.stream import StreamBatch
 
-    _, _, model = make_model("lstm", 2)
+    _, _, model = make_model(cell, 2)
     rng = np.random.default_rng(5)
     batch = StreamBatch(model, blas_from=blas_from)
     members, alone = [], []
@@ -240,6 +242,7 @@ def test_stream_batch_equals_separate_streams_with_joins_and_leaves(blas_from):
         tokens = {k: int(rng.integers(0, 11)) for k in active}
         got = batch.step([(members[k], tokens[k]) for k in active])
         for k, lp in zip(active, got, strict=True):
+            assert not lp.flags.writeable
             want = alone[k].feed([tokens[k]])
             if blas_from > 6:  # never reached: every step ran the streaming kernel
                 np.testing.assert_array_equal(lp, want)
@@ -262,7 +265,38 @@ def test_stream_batch_refuses_bad_steps():
         batch.step([(s, 1), (other.stream(), 2)])
     with pytest.raises(InputError, match="outside"):
         batch.step([(s, 99)])
+    with pytest.raises(InputError, match=r"pair 1: expected \(stream, token\)"):
+        batch.step([(s, 1), s])
+    vocab = Vocabulary.build("the cat sat\n", "word")
+    config = ModelConfig("gru", len(vocab), 3, 3, 1)
+    text_model = Model.from_state_dict(
+        {n: np.zeros(shape, np.float32) for n, shape in config.parameter_shapes().items()},
+        cell="gru",
+        vocab=vocab,
+    )
+    with pytest.raises(InputError, match="pair 0: 'the cat' is 2 tokens, not one"):
+        StreamBatch(text_model).step([(text_model.stream(), "the cat")])
     assert s.tokens == ()
+
+
+def test_feed_returns_the_streams_prediction_read_only():
+    """No copy per token: the array feed returns is the stream's own, so it is read-only,
+    and a writable copy of it changes nothing in the stream."""
+    _, _, model = make_model("lstm")
+    s = model.stream()
+    lp = s.feed(3)
+    assert not lp.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        lp[0] = 0.0
+    with pytest.raises(ValueError):
+        lp.flags.writeable = True  # a view of a read-only array: cannot be made writable
+    top = s.top(3)
+    mine = np.array(lp)
+    mine[:] = 0.0
+    assert s.top(3) == top
+    restored = model.stream()
+    restored.restore(s.snapshot())
+    assert restored.top(3) == top and not restored._current().flags.writeable
 
 
 def test_restore_refuses_a_state_with_nan_or_beyond_the_model():

@@ -133,11 +133,14 @@ def gather_streams(states):
     return out
 
 
-def stream_state(states, n):
-    """(L, N, H) -> a new (L, 1, H): stream n's state."""
-    L, _, H = states.shape
-    out = cuda.device_array((L, 1, H), np.float32)
-    copy(out, states[:, n : n + 1])
+def split_streams(states):
+    """(L, N, H) -> N new arrays (L, 1, H), stream by stream (one copy launch each)."""
+    L, N, H = states.shape
+    out = []
+    for n in range(N):
+        one = cuda.device_array((L, 1, H), np.float32)
+        copy(one, states[:, n : n + 1])
+        out.append(one)
     return out
 
 

@@ -60,10 +60,10 @@ def set_threads(n: int | None = None) -> int:
     return previous
 
 
-def forward_layout(w_hh):
-    """w_hh (G, H) as the cell forward wants it: unchanged (gemm reads it transposed, with
-    coalesced loads along H)."""
-    return w_hh
+def forward_layout(w):
+    """A layer matrix w (G, H) as the forward products want it: unchanged (gemm reads it
+    transposed, with coalesced loads along H)."""
+    return w
 
 
 _local = threading.local()
