@@ -1,7 +1,7 @@
 """Streaming benchmark: per-token latency at batch 1, StreamBatch throughput, and
 sentence-mode scoring throughput, against PyTorch CPU eager and a plain-NumPy step.
 
-    python bench/bench_stream.py            # about 3 minutes on the 2-core build machine
+    python bench/bench_stream.py            # under a minute on the 2-core build machine
     python bench/bench_stream.py --quick
 
 Latency: one token fed to a Stream (the whole step: embedding, every layer, decoder,
@@ -14,9 +14,12 @@ must read, over the read bandwidth of this machine for an array of that size (a 
 vectorized sum over it: the cache's bandwidth when the weights fit in the cache, as they
 do for the two smaller models, memory's when they do not).
 
-StreamBatch: tokens/s when N streams advance together (1, 8, 64, 256).
+StreamBatch: tokens/s when N streams advance together (1, 8, 64, 256), as a share of the
+matrix-product floor (a large float32 matrix product's FLOP/s over the FLOPs of one
+token's products), and 64 streams against the same 64 fed one by one.
 Scoring: Model.score(sentence mode) tokens/s on PTB's validation text (if
-../shared/data is there) against PyTorch no_grad on the same padded batches of 64 lines.
+../shared/data is there) against PyTorch no_grad on the same padded batches of 64 lines,
+and as a share of the same floor.
 """
 
 # ruff: noqa: B023  (the timed closures are called within the loop iteration that makes them)
@@ -157,8 +160,8 @@ def latency(args, torch, bandwidth: float) -> None:
         rows = {}
         it = iter(tokens[20:])
         s = model.stream()
-        s.feed([0])
-        rows["engine"] = timings(lambda: s.feed([next(it) % V]), args.tokens - 20)
+        s.feed(0)
+        rows["engine"] = timings(lambda: s.feed(int(next(it))), args.tokens - 20)
         it = iter(tokens[20:])
         box = {"st": st}
 
@@ -186,26 +189,60 @@ def latency(args, torch, bandwidth: float) -> None:
     )
 
 
-def batch_throughput(args) -> None:
-    print("\nStreamBatch: N streams advanced together (LSTM 2 x 200, V=10000)")
-    print(f"{'streams':>8}{'ms/step':>10}{'tokens/s':>12}")
+def matmul_rate() -> float:
+    """FLOP/s of a large float32 matrix product through numpy's BLAS (best of several):
+    the rate the matrix-product floor assumes."""
+    a = np.random.default_rng(0).random((2048, 2048), np.float32)
+    out = np.empty_like(a)
+    best = min(timings(lambda: np.matmul(a, a, out=out), 8, warm=2))
+    return 2 * a.shape[0] ** 3 / best
+
+
+def flops_per_token(config: ModelConfig) -> int:
+    """The multiply-adds (x2) of one token's matrix products as the engine computes them:
+    every layer's recurrent product, the input products of layers after the first (the
+    first layer's comes from a table), and the decoder."""
+    G, H, V, L = config.gate_rows, config.hidden_size, config.vocab_size, config.num_layers
+    return 2 * (L * G * H + (L - 1) * G * H + H * V)
+
+
+def batch_throughput(args, rate: float) -> None:
     config = ModelConfig("lstm", 10000, 200, 200, 2)
+    floor = rate / flops_per_token(config)
+    print(
+        f"\nStreamBatch: N streams advanced together (LSTM 2 x 200, V=10000); matrix-product"
+        f" floor {floor:,.0f} tokens/s ({rate / 1e9:.0f} GFLOP/s over "
+        f"{flops_per_token(config) / 1e6:.2f} MFLOP per token)"
+    )
+    print(f"{'streams':>8}{'ms/step':>10}{'tokens/s':>12}{'of floor':>10}")
     model = Model.from_state_dict(params(config, 2))
     batch = StreamBatch(model)
     rng = np.random.default_rng(1)
+    rates = {}
     for n in (1, 8, 64, 256):
         streams = [batch.stream() for _ in range(n)]
 
         def step():
-            batch.step(
-                [(s, int(t)) for s, t in zip(streams, rng.integers(0, 10000, n), strict=True)]
-            )
+            batch.step(list(zip(streams, rng.integers(0, 10000, n).tolist(), strict=True)))
 
         t = np.median(timings(step, max(5, args.tokens // max(1, n // 8)), warm=3))
-        print(f"{n:>8}{t * 1e3:>10.2f}{n / t:>12,.0f}")
+        rates[n] = n / t
+        print(f"{n:>8}{t * 1e3:>10.2f}{n / t:>12,.0f}{n / t / floor:>10.0%}")
+    # the same 64 streams, each fed alone, one after another
+    streams = [model.stream() for _ in range(64)]
+
+    def one_by_one():
+        for s, t in zip(streams, rng.integers(0, 10000, 64).tolist(), strict=True):
+            s.feed(t)
+
+    t = np.median(timings(one_by_one, max(5, args.tokens // 8), warm=3))
+    print(
+        f"64 streams fed one by one: {64 / t:,.0f} tokens/s; StreamBatch of 64 is "
+        f"{rates[64] * t / 64:.2f}x that"
+    )
 
 
-def scoring(args, torch) -> None:
+def scoring(args, torch, rate: float) -> None:
     path = DATA / "ptb.valid.txt"
     if not path.is_file():
         print(f"\nscoring: skipped ({path} not found)")
@@ -225,7 +262,11 @@ def scoring(args, torch) -> None:
     engine_s = time.perf_counter() - t0
     print(f"\nsentence-mode scoring of PTB valid ({total.lines:,} lines, {total.tokens:,} "
           f"tokens; random weights, perplexity {total.perplexity:,.0f}), batch 64")  # fmt: skip
-    print(f"engine  {engine_s:8.2f} s  {total.tokens / engine_s:>10,.0f} tokens/s")
+    floor = rate / flops_per_token(config)
+    print(
+        f"engine  {engine_s:8.2f} s  {total.tokens / engine_s:>10,.0f} tokens/s   "
+        f"({total.tokens / engine_s / floor:.0%} of the matrix-product floor, {floor:,.0f})"
+    )
     if torch is None:
         return
     nn = torch.nn
@@ -282,13 +323,15 @@ def main(argv=None) -> int:
         except ImportError:
             torch = None
     bw = memory_bandwidth()
+    rate = matmul_rate()
     print(
         f"rnnlm-engine streaming benchmark; {numba.get_num_threads()} threads; torch "
-        f"{torch.__version__ if torch else '-'}; read bandwidth {bw / 1e9:.1f} GB/s"
+        f"{torch.__version__ if torch else '-'}; read bandwidth {bw / 1e9:.1f} GB/s; "
+        f"float32 matrix product {rate / 1e9:.0f} GFLOP/s"
     )
     latency(args, torch, bw)
-    batch_throughput(args)
-    scoring(args, torch)
+    batch_throughput(args, rate)
+    scoring(args, torch, rate)
     return 0
 
 
