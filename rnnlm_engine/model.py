@@ -96,7 +96,10 @@ class Model:
         self._k: ModuleType = get_backend(backend)
         host_params = _validated_params(config, params)
         self._recurrent_bounds = _check_sums_fit_float32(config, host_params)
-        self._params = {name: self._k.to_device(a) for name, a in host_params.items()}
+        # read-only on the backend too (to_device may copy: the CPU aligns its arrays)
+        self._params = {
+            name: self._k.freeze(self._k.to_device(a)) for name, a in host_params.items()
+        }
         self._ws = _Workspace()
         # what is derived from the parameters, built on first use (see _cached): the
         # layer-0 input table, the streaming weights, the transposed decoder, the fingerprint
@@ -474,9 +477,10 @@ class Model:
         k, p, c = self._k, self._params, self._config
         L, G, H = c.num_layers, c.gate_rows, c.hidden_size
         table = self._layer0_table()
-        w_ih = k.empty((max(L - 1, 0), G, H), np.float32)
-        for layer in range(1, L):
-            k.copy(w_ih[layer - 1], p[f"rnn.weight_ih_l{layer}"])
+        if L > 1:
+            w_ih = k.stack([p[f"rnn.weight_ih_l{layer}"] for layer in range(1, L)])
+        else:
+            w_ih = k.empty((0, G, H), np.float32)
         built = {
             "table": table if table is not None else k.empty((0, G), np.float32),
             "emb": p["encoder.weight"],

@@ -583,31 +583,23 @@ def stream_step(
     cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
     h_in, c_in, h_out, c_out, gx, gh, x0, logits, out,
 ):  # fmt: skip
+    """T steps of N streams (see model._step). The state and the embedding rows pass
+    through the kernel's own copies, which Numba allocates 32-byte aligned, so that the
+    products' vector loads of them do not straddle cache lines (the caller's arrays are
+    numpy's, 16-byte aligned); x0 is unused."""
     T, N = ids.shape
-    if T == 1:
+    ha, ca = h_in.copy(), c_in.copy()
+    hb, cb = np.empty_like(ha), np.empty_like(ca)
+    xe = np.empty((N, emb.shape[1]), np.float32)
+    for t in range(T):
         _stream_layers(
-            cell, ids[0], table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, h_in, c_in, h_out,
-            c_out, gx, gh, x0,
+            cell, ids[t], table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, ha, ca, hb, cb, gx, gh, xe,
         )  # fmt: skip
-    else:  # the state passes through two buffers of our own, then into h_out, c_out
-        ha, ca = np.empty_like(h_out), np.empty_like(c_out)
-        hb, cb = np.empty_like(h_out), np.empty_like(c_out)
-        _stream_layers(
-            cell, ids[0], table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, h_in, c_in, ha, ca,
-            gx, gh, x0,
-        )  # fmt: skip
-        for t in range(1, T - 1):
-            _stream_layers(
-                cell, ids[t], table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, ha, ca, hb, cb,
-                gx, gh, x0,
-            )  # fmt: skip
-            ha, hb = hb, ha
-            ca, cb = cb, ca
-        _stream_layers(
-            cell, ids[T - 1], table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, ha, ca, h_out,
-            c_out, gx, gh, x0,
-        )  # fmt: skip
-    top = h_out[w_hh.shape[0] - 1]
+        ha, hb = hb, ha
+        ca, cb = cb, ca
+    h_out[...] = ha
+    c_out[...] = ca
+    top = ha[w_hh.shape[0] - 1]
     if w_dec.shape[0] * w_dec.shape[1] * N < _SERIAL_PRODUCT_BELOW:
         _stream_products_serial(w_dec, top, b_dec, logits)
     else:
