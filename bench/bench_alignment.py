@@ -53,7 +53,7 @@ def step_args(model: Model, offset: int, keep: list) -> tuple:
         _jit.STREAM_CELLS["lstm"], np.array([[3]], np.int64), w["table"], w["emb"], w["w_ih0"],
         w["w_ih"], w["b_ih"], w["w_hh"], w["b_hh"], w["w_dec"], w["b_dec"], new(state.shape, state),
         new(state.shape, state), new((L, 1, H)), new((L, 1, H)), new((1, G)), new((1, G)),
-        new((1, c.emb_size)), new((1, V)), new((1, V)),
+        new((1, V)), new((1, V)),
     )  # fmt: skip
 
 

@@ -3,8 +3,8 @@
 A backend is a module (``rnnlm_engine.kernels.<name>``) that the model reaches only
 through ``get_backend``. It provides, with the contracts documented in ``kernels/cpu``:
 
-- arrays: ``NAME``, ``empty``, ``zeros``, ``to_device``, ``to_host``, ``matmul(a, b, out=)``,
-  ``multiply(a, b, out=)``,
+- arrays: ``NAME``, ``empty``, ``zeros``, ``to_device``, ``to_device_aligned`` (for the
+  parameters), ``to_host``, ``matmul(a, b, out=)``, ``multiply(a, b, out=)``,
   ``column_sums``, ``forward_layout`` (a layer matrix as the forward products want it);
 - embedding: ``embedding_forward``, ``embedding_backward``;
 - cells: ``CELL_FORWARD`` / ``CELL_BACKWARD`` (name -> function, also exported as

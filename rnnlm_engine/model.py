@@ -96,22 +96,26 @@ class Model:
         self._k: ModuleType = get_backend(backend)
         host_params = _validated_params(config, params)
         self._recurrent_bounds = _check_sums_fit_float32(config, host_params)
-        # read-only on the backend too (to_device may copy: the CPU aligns its arrays)
+        # aligned for the kernels' vector loads (the CPU copies where numpy's were not), and
+        # read-only on the backend too
         self._params = {
-            name: self._k.freeze(self._k.to_device(a)) for name, a in host_params.items()
+            name: self._k.freeze(self._k.to_device_aligned(a)) for name, a in host_params.items()
         }
         self._ws = _Workspace()
         # what is derived from the parameters, built on first use (see _cached): the
         # layer-0 input table, the streaming weights, the transposed decoder, the fingerprint
         self._derived: dict = {}
         self._derived_lock = threading.RLock()  # a build may ask for another (reentrant)
-        # a second copy of each layer matrix, in the layout the forward products prefer
-        # (on the CPU: BLAS reads W^T without repacking it; LSTM, 64 rows, H=200: x W_ih^T
-        # in 116 us against 159 us)
+        # a second copy of each layer matrix that the forward products read once per step or
+        # window, in the layout they prefer (on the CPU: BLAS reads W^T without repacking
+        # it; LSTM, 64 rows, H=200: x W_ih^T in 116 us against 159 us). Layer 0's W_ih only
+        # where no input table replaces it (then only training reads it, over many rows)
+        L = config.num_layers
+        first_ih = 1 if config.vocab_size * config.gate_rows * 4 <= _INPUT_TABLE_MAX_BYTES else 0
+        names = [f"rnn.weight_hh_l{i}" for i in range(L)]
+        names += [f"rnn.weight_ih_l{i}" for i in range(first_ih, L)]
         self._forward_weights = {
-            name: self._k.freeze(self._k.forward_layout(a))
-            for name, a in self._params.items()
-            if name.startswith(("rnn.weight_hh_l", "rnn.weight_ih_l"))
+            name: self._k.freeze(self._k.forward_layout(self._params[name])) for name in names
         }
 
     # ------------------------------------------------------------------ construction
@@ -363,7 +367,8 @@ class Model:
             if layer == 0 and table is not None:
                 k.embedding_forward(table, ids, xproj)
             else:
-                w_ih = self._forward_weights[f"rnn.weight_ih_l{layer}"]
+                name = f"rnn.weight_ih_l{layer}"
+                w_ih = self._forward_weights.get(name, p[name])
                 k.matmul(x, w_ih, out=xproj, trans_b=True)
                 k.add_bias(xproj, p[f"rnn.bias_ih_l{layer}"])
             hs = self._work(f"hs{layer}", (T, B, H))
@@ -460,8 +465,7 @@ class Model:
             k.STREAM_CELLS[cfg.cell], k.to_device(ids), w["table"], w["emb"], w["w_ih0"], w["w_ih"],
             w["b_ih"], w["w_hh"], w["b_hh"], w["w_dec"], w["b_dec"], h, c_in, h_out, c_out,
             self._work("stream_gx", (N, G)), self._work("stream_gh", (N, G)),
-            self._work("stream_x0", (N, cfg.emb_size)), self._work("stream_logits", (N, V)),
-            logprobs,
+            self._work("stream_logits", (N, V)), logprobs,
         )  # fmt: skip
         return (
             h_out,

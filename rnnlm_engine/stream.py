@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, VocabularyError
 from .model import State
 
 SNAPSHOT_FORMAT = "rnnlm-engine stream state"
@@ -170,10 +170,8 @@ class Stream:
         k = self._model._k
         self._h = k.to_device(np.array(snapshot.h[:, None, :]))
         self._c = None if snapshot.c is None else k.to_device(np.array(snapshot.c[:, None, :]))
-        self._logprobs = None
-        if snapshot.logprobs is not None:  # a copy: a Snapshot built by hand may share it
-            self._logprobs = np.array(snapshot.logprobs)
-            self._logprobs.flags.writeable = False
+        # a copy: a Snapshot built by hand may share its array
+        self._logprobs = None if snapshot.logprobs is None else _read_only(snapshot.logprobs)
         self._tokens = list(snapshot.tokens)
 
     def fork(self) -> Stream:
@@ -203,8 +201,8 @@ class Stream:
         h, c, logprobs = self._model._step(ids.reshape(-1, 1), self._h, self._c, to_host)
         # only now, after every step ran: a failed call changes nothing
         self._h, self._c = h, c
-        if isinstance(logprobs, np.ndarray):
-            logprobs.flags.writeable = False
+        if isinstance(logprobs, np.ndarray):  # a fresh (1, V) array: ours to freeze
+            logprobs = _read_only(logprobs, copy=False)
         self._logprobs = logprobs[0]
         self._tokens.extend(ids.tolist())
 
@@ -241,8 +239,7 @@ class Stream:
         if self._logprobs is None:
             raise InputError("feed at least one token first: the stream has no prediction yet")
         if not isinstance(self._logprobs, np.ndarray):  # still on the device
-            self._logprobs = self._model._k.to_host(self._logprobs)
-            self._logprobs.flags.writeable = False
+            self._logprobs = _read_only(self._model._k.to_host(self._logprobs), copy=False)
         return self._logprobs
 
     def _token_id(self, token) -> int:
@@ -447,15 +444,23 @@ class StreamBatch:
             h_out, c_out, logprobs = model._step(ids.reshape(1, -1), h, c)
         hs = k.split_streams(h_out)
         cs = None if c_out is None else k.split_streams(c_out)
-        # the rows are read-only views of one fresh array: each stream keeps its row and
-        # the caller gets the same row, without a copy of every row per step
-        logprobs.flags.writeable = False
         for n, (s, token) in enumerate(zip(streams, ids.tolist(), strict=True)):
             s._h = hs[n]
             s._c = None if cs is None else cs[n]
-            s._logprobs = logprobs[n]
+            # a row of its own: a view would keep the whole step's (N, V) array alive for
+            # as long as the stream sits out (a server's idle sessions: N times the memory)
+            s._logprobs = _read_only(logprobs[n])
             s._tokens.append(token)
-        return list(logprobs)
+        return [s._logprobs for s in streams]
+
+
+def _read_only(a: np.ndarray, copy: bool = True) -> np.ndarray:
+    """a's values, read-only for good (a view of an array frozen here, which numpy will
+    not make writable again): a stream's prediction, which its top, prob and sample read.
+    A copy, unless the caller hands over a fresh array of its own (copy=False)."""
+    own = np.array(a) if copy else a
+    own.flags.writeable = False
+    return own[...]
 
 
 def _one_token(stream: Stream, n: int, token, V: int) -> int:
@@ -465,9 +470,10 @@ def _one_token(stream: Stream, n: int, token, V: int) -> int:
         if not 0 <= token < V:
             raise InputError(f"pair {n}: token id {token} is outside [0, {V})")
         return int(token)
-    if isinstance(token, str):
-        one = stream._ids(token)
-        if one.shape[0] != 1:
-            raise InputError(f"pair {n}: {token!r} is {one.shape[0]} tokens, not one")
-        return int(one[0])
-    return int(stream._ids([token])[0])
+    try:
+        one = stream._ids(token if isinstance(token, str) else [token])
+    except (InputError, VocabularyError) as e:
+        raise type(e)(f"pair {n}: {e}") from None
+    if one.shape[0] != 1:
+        raise InputError(f"pair {n}: {token!r} is {one.shape[0]} tokens, not one")
+    return int(one[0])

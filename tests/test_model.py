@@ -419,9 +419,11 @@ def test_cpu_weights_start_on_a_cache_line():
     start = (-raw.ctypes.data % 64) // 4 + 4
     misaligned = raw[start : start + 1000]  # 16 bytes past a cache line
     assert misaligned.ctypes.data % 64 == 16
-    moved = cpu_kernels.to_device(misaligned)
+    moved = cpu_kernels.to_device_aligned(misaligned)
     assert moved.ctypes.data % 64 == 0
     np.testing.assert_array_equal(moved, misaligned)
+    # plain to_device (states, dropout masks: every call) never copies a C array
+    assert cpu_kernels.to_device(misaligned) is misaligned
 
 
 # ---------------------------------------------------------------------------- errors

@@ -243,6 +243,11 @@ def test_stream_batch_equals_separate_streams_with_joins_and_leaves(blas_from, c
         got = batch.step([(members[k], tokens[k]) for k in active])
         for k, lp in zip(active, got, strict=True):
             assert not lp.flags.writeable
+            with pytest.raises(ValueError):
+                lp.flags.writeable = True  # not even on the BLAS path's rows
+            # the stream's own row, not a view of the step's (N, V) array, which would
+            # stay alive for as long as the stream sits out
+            assert lp.base.shape == (11,) and lp is members[k]._current()
             want = alone[k].feed([tokens[k]])
             if blas_from > 6:  # never reached: every step ran the streaming kernel
                 np.testing.assert_array_equal(lp, want)
@@ -267,6 +272,10 @@ def test_stream_batch_refuses_bad_steps():
         batch.step([(s, 99)])
     with pytest.raises(InputError, match=r"pair 1: expected \(stream, token\)"):
         batch.step([(s, 1), s])
+    with pytest.raises(InputError, match="pair 1: feed a text or a 1-D sequence of int ids"):
+        batch.step([(s, 1), (batch.stream(), True)])
+    with pytest.raises(InputError, match="pair 0: this model has no vocabulary"):
+        batch.step([(s, "x")])
     vocab = Vocabulary.build("the cat sat\n", "word")
     config = ModelConfig("gru", len(vocab), 3, 3, 1)
     text_model = Model.from_state_dict(

@@ -48,8 +48,8 @@ def matmul(a, b, out=None, trans_a=False, trans_b=False):
     return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
 
 
-# float32 arrays from to_device and stack (the parameters, the streaming weights) start on
-# a cache line: numpy's allocations are only 16-byte aligned, and a matrix-vector product
+# The parameters (to_device_aligned) and the streaming weights (stack) start on a cache
+# line: numpy's allocations are only 16-byte aligned, and a matrix-vector product
 # whose 64-byte vector loads straddle cache lines runs slower (LSTM 2 x 200, V=10000, one
 # streaming step: 96 us with the weights 16 bytes past a cache line, 74-78 us aligned;
 # the 2 x 256 character model: 35-37 us against 27-29 us).
@@ -57,10 +57,15 @@ _ALIGN = 64
 
 
 def to_device(array):
-    """A float32 (or int64) C-contiguous numpy array: the CPU's "device" is host memory.
-    A float32 array comes back 64-byte aligned (a copy where it was not)."""
-    a = np.ascontiguousarray(array)
-    if a.dtype != np.float32 or a.ctypes.data % _ALIGN == 0:
+    """A float32 (or int64) C-contiguous numpy array: the CPU's "device" is host memory."""
+    return np.ascontiguousarray(array)
+
+
+def to_device_aligned(array):
+    """to_device for arrays the kernels read on every step (the parameters): a float32
+    array comes back 64-byte aligned, a copy where it was not."""
+    a = np.ascontiguousarray(array, dtype=np.float32)
+    if a.ctypes.data % _ALIGN == 0:
         return a
     raw = np.empty(a.size + _ALIGN // 4, np.float32)
     start = (-raw.ctypes.data % _ALIGN) // 4
@@ -101,8 +106,9 @@ def add_bias(a, bias):
 
 
 def stack(arrays):
-    """A new (len(arrays), ...) array of equally shaped arrays, aligned as to_device's."""
-    return to_device(np.stack(arrays))
+    """A new (len(arrays), ...) float32 array of equally shaped arrays, aligned as
+    to_device_aligned's."""
+    return to_device_aligned(np.stack(arrays))
 
 
 def gather_streams(states):
@@ -267,6 +273,7 @@ __all__ = [
     "stream_step",
     "sum_of_squares",
     "to_device",
+    "to_device_aligned",
     "to_host",
     "xent_forward",
     "xent_forward_backward",

@@ -551,10 +551,10 @@ def _log_softmax_serial(logits, out):
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
 def _stream_layers(
-    cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, h_in, c_in, h_out, c_out, gx, gh, x0,
+    cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, h_in, c_in, h_out, c_out, gx, gh, xe,
 ):  # fmt: skip
     """Every layer for one step of N streams: ids (N,), state in h_in, c_in, out h_out,
-    c_out."""
+    c_out; xe (N, E) scratch for the embedding rows (no table)."""
     L = w_hh.shape[0]
     N = ids.shape[0]
     if table.shape[0] > 0:
@@ -562,8 +562,8 @@ def _stream_layers(
             gx[n, :] = table[ids[n]]
     else:
         for n in range(N):
-            x0[n, :] = emb[ids[n]]
-        _stream_products(w_ih0, x0, b_ih[0], gx)
+            xe[n, :] = emb[ids[n]]
+        _stream_products(w_ih0, xe, b_ih[0], gx)
     for layer in range(L):
         if layer > 0:
             _stream_products2(
@@ -581,12 +581,13 @@ def _stream_layers(
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
 def stream_step(
     cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
-    h_in, c_in, h_out, c_out, gx, gh, x0, logits, out,
+    h_in, c_in, h_out, c_out, gx, gh, logits, out,
 ):  # fmt: skip
-    """T steps of N streams (see model._step). The state and the embedding rows pass
-    through the kernel's own copies, which Numba allocates 32-byte aligned, so that the
-    products' vector loads of them do not straddle cache lines (the caller's arrays are
-    numpy's, 16-byte aligned); x0 is unused."""
+    """T steps of N streams (see model._step); gx, gh, logits are scratch. The state and
+    the embedding rows pass through the kernel's own copies, which Numba allocates 32-byte
+    aligned, so that the products' vector loads of them do not straddle cache lines (the
+    caller's arrays are numpy's, 16-byte aligned). c_in, c_out: lstm only (for the other
+    cells, scratch of that shape)."""
     T, N = ids.shape
     ha, ca = h_in.copy(), c_in.copy()
     hb, cb = np.empty_like(ha), np.empty_like(ca)

@@ -32,6 +32,7 @@ from ._arrays import (
     stack,
     thaw,
     to_device,
+    to_device_aligned,
     to_host,
     zeros,
 )
@@ -204,6 +205,7 @@ __all__ = [
     "sum_of_squares",
     "thaw",
     "to_device",
+    "to_device_aligned",
     "to_host",
     "unavailable_reason",
     "xent_forward",

@@ -61,6 +61,11 @@ def to_device(a):
     return cuda.to_device(np.ascontiguousarray(a))
 
 
+def to_device_aligned(a):
+    """to_device: device allocations are already aligned (256 bytes)."""
+    return to_device(a)
+
+
 def to_host(a):
     """A host (numpy) copy of a device array; a host array passes through."""
     if is_array(a):

@@ -461,7 +461,7 @@ def _scratch(device: int, stream, name: str, shape: tuple):
 
 def stream_step(
     cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
-    h_in, c_in, h_out, c_out, gx, gh, x0, logits, out,
+    h_in, c_in, h_out, c_out, gx, gh, logits, out,
     *, threads=None, blocks=None, stream=0,
 ):  # fmt: skip
     """T streaming steps of N streams and the next-token log-probabilities, one launch.
@@ -470,7 +470,7 @@ def stream_step(
     (V, G) or (0, G); emb (V, E); w_ih0 (G, E); w_ih (L - 1, G, H); b_ih, b_hh (L, G);
     w_hh (L, G, H); w_dec (V, H); b_dec (V,); h_in, c_in read, h_out, c_out written
     (L, N, H; c untouched unless cell is lstm); logits (N, V) gets the raw logits and
-    out (N, V) the log-probabilities. gx, gh, x0 are the CPU's scratch: unused here.
+    out (N, V) the log-probabilities. gx, gh are the CPU's scratch: unused here.
     threads (a multiple of 32, at most 1024) and blocks override the launch shape;
     stream is the CUDA stream to launch on.
     """
