@@ -111,6 +111,7 @@ class Stream:
     def __init__(self, model):
         self._model = model
         self._vocab = model.vocab
+        self._V = model.config.vocab_size
         self._rng = np.random.default_rng()
         self.reset()
 
@@ -201,13 +202,15 @@ class Stream:
         h, c, logprobs = self._model._step(ids.reshape(-1, 1), self._h, self._c, to_host)
         # only now, after every step ran: a failed call changes nothing
         self._h, self._c = h, c
-        if isinstance(logprobs, np.ndarray):  # a fresh (1, V) array: ours to freeze
-            logprobs = _read_only(logprobs, copy=False)
+        if isinstance(logprobs, np.ndarray):
+            # a fresh (1, V) array, ours to freeze: its row, a view, cannot be made
+            # writable again
+            logprobs.flags.writeable = False
         self._logprobs = logprobs[0]
         self._tokens.extend(ids.tolist())
 
     def _ids(self, text_or_ids) -> np.ndarray:
-        V = self._model.config.vocab_size
+        V = self._V
         if type(text_or_ids) is int and 0 <= text_or_ids < V:  # one id: the common case
             return np.array([text_or_ids], np.int64)  # (3.5 us faster than the general path)
         if isinstance(text_or_ids, str):

@@ -37,16 +37,23 @@ from . import _jit
 _WORKQUEUE_LOCK = threading.Lock()
 
 
+_NO_LOCK = nullcontext()
+_layer_needs_lock: bool | None = None  # known once Numba has chosen its threading layer
+
+
 def _needs_lock() -> bool:
-    try:
-        return numba.threading_layer() == "workqueue"
-    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
-        return True
+    global _layer_needs_lock
+    if _layer_needs_lock is None:
+        try:
+            _layer_needs_lock = numba.threading_layer() == "workqueue"
+        except ValueError:  # no parallel kernel has run yet: the layer is not chosen
+            return True
+    return _layer_needs_lock
 
 
 def workqueue_lock():
     """The lock parallel launches share on the workqueue layer; elsewhere a null context."""
-    return _WORKQUEUE_LOCK if _needs_lock() else nullcontext()
+    return _WORKQUEUE_LOCK if _needs_lock() else _NO_LOCK
 
 
 @contextmanager
