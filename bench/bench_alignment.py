@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+from _common import random_params
 
 from rnnlm_engine import Model, ModelConfig
 from rnnlm_engine.kernels.cpu import _jit
@@ -62,13 +63,7 @@ def main() -> int:
     print(f"{'model':<12}" + "".join(f"{f'+{o} B':>10}" for o in OFFSETS))
     for name, V, H, blocks in MODELS:
         config = ModelConfig("lstm", V, H, H, 2)
-        rng = np.random.default_rng(1)
-        model = Model.from_state_dict(
-            {
-                n: rng.uniform(-0.1, 0.1, s).astype(np.float32)
-                for n, s in config.parameter_shapes().items()
-            }
-        )
+        model = Model.from_state_dict(random_params(config, np.random.default_rng(1), 0.1))
         keep: list = []
         args = {o: step_args(model, o, keep) for o in OFFSETS}
         first = {}

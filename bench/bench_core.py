@@ -41,6 +41,7 @@ import time
 
 import numba
 import numpy as np
+from _common import random_params
 
 from rnnlm_engine import oracle
 from rnnlm_engine.config import ModelConfig
@@ -65,14 +66,6 @@ class CheckFailed(Exception):
 
 
 # ---------------------------------------------------------------------------- inputs
-
-
-def random_params(config: ModelConfig, rng: np.random.Generator, scale: float) -> dict:
-    """Name -> float32 array, PyTorch names and shapes, uniform in +-scale."""
-    return {
-        name: rng.uniform(-scale, scale, size=shape).astype(np.float32)
-        for name, shape in config.parameter_shapes().items()
-    }
 
 
 def random_window(config: ModelConfig, rng: np.random.Generator, T: int, B: int):

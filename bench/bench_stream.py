@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from _common import random_params, torch_lstm_lm
 
 from rnnlm_engine import Model, ModelConfig, oracle
 from rnnlm_engine.stream import StreamBatch
@@ -41,11 +42,7 @@ MODELS = [("char 2x256", 65, 256), ("word 2x200", 10000, 200), ("word 2x650", 10
 
 
 def params(config: ModelConfig, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        n: rng.uniform(-0.1, 0.1, s).astype(np.float32)
-        for n, s in config.parameter_shapes().items()
-    }
+    return random_params(config, np.random.default_rng(seed), 0.1)
 
 
 def timings(fn, n: int, warm: int = 20) -> np.ndarray:
@@ -105,17 +102,8 @@ class NumpyStep:
         return logits - m - np.log(np.exp(logits - m).sum()), (hs, cs)
 
 
-def torch_step(torch, sd: dict, config: ModelConfig):
-    nn = torch.nn
-    emb = nn.Embedding(config.vocab_size, config.emb_size)
-    lstm = nn.LSTM(config.emb_size, config.hidden_size, config.num_layers)
-    dec = nn.Linear(config.hidden_size, config.vocab_size)
-    emb.weight.data = torch.from_numpy(sd["encoder.weight"].copy())
-    lstm.load_state_dict(
-        {k[4:]: torch.from_numpy(v.copy()) for k, v in sd.items() if k.startswith("rnn.")}
-    )
-    dec.weight.data = torch.from_numpy(sd["decoder.weight"].copy())
-    dec.bias.data = torch.from_numpy(sd["decoder.bias"].copy())
+def torch_step(torch, sd: dict):
+    emb, lstm, dec = torch_lstm_lm(torch, sd)
     state = {"h": None}
 
     def step(token: int):
@@ -170,7 +158,7 @@ def latency(args, torch, bandwidth: float) -> None:
 
         rows["numpy"] = timings(np_call, args.tokens - 20)
         if torch is not None:
-            step, _ = torch_step(torch, sd, config)
+            step, _ = torch_step(torch, sd)
             t_lp = [step(int(t)).numpy() for t in tokens[:20]]
             assert max(np.abs(a - ref[i, 0]).max() for i, a in enumerate(t_lp)) < 1e-4
             it = iter(tokens[20:])
@@ -272,16 +260,7 @@ def scoring(args, torch, rate: float) -> None:
     )
     if torch is None:
         return
-    nn = torch.nn
-    emb = nn.Embedding(config.vocab_size, 200)
-    lstm = nn.LSTM(200, 200, 2)
-    dec = nn.Linear(200, config.vocab_size)
-    emb.weight.data = torch.from_numpy(sd["encoder.weight"].copy())
-    lstm.load_state_dict(
-        {k[4:]: torch.from_numpy(v.copy()) for k, v in sd.items() if k.startswith("rnn.")}
-    )
-    dec.weight.data = torch.from_numpy(sd["decoder.weight"].copy())
-    dec.bias.data = torch.from_numpy(sd["decoder.bias"].copy())
+    emb, lstm, dec = torch_lstm_lm(torch, sd)
     eos = vocab.eos_id
     encoded = [[vocab.id(w) for w in line.split()] + [eos] for line in lines]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import random_params, torch_lstm_lm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -64,28 +65,14 @@ def run_tests(quick: bool) -> tuple[bool, str]:
 def lstm_params(V: int, E: int, H: int, L: int, seed: int) -> dict[str, np.ndarray]:
     from rnnlm_engine import ModelConfig
 
-    rng = np.random.default_rng(seed)
-    shapes = ModelConfig("lstm", V, E, H, L).parameter_shapes()
-    return {n: rng.uniform(-0.1, 0.1, s).astype(np.float32) for n, s in shapes.items()}
+    return random_params(ModelConfig("lstm", V, E, H, L), np.random.default_rng(seed), 0.1)
 
 
 class TorchLM:
     """PyTorch's word_language_model shape on the GPU: Embedding, cuDNN LSTM, Linear."""
 
-    def __init__(self, torch, sd: dict, L: int, device: str):
-        nn = torch.nn
-        V, E = sd["encoder.weight"].shape
-        H = sd["rnn.weight_hh_l0"].shape[1]
-        self.torch, self.device = torch, device
-        self.emb = nn.Embedding(V, E).to(device)
-        self.rnn = nn.LSTM(E, H, L).to(device)
-        self.dec = nn.Linear(H, V).to(device)
-        with torch.no_grad():
-            self.emb.weight.copy_(torch.from_numpy(sd["encoder.weight"]))
-            for name, p in self.rnn.named_parameters():
-                p.copy_(torch.from_numpy(sd[f"rnn.{name}"]))
-            self.dec.weight.copy_(torch.from_numpy(sd["decoder.weight"]))
-            self.dec.bias.copy_(torch.from_numpy(sd["decoder.bias"]))
+    def __init__(self, torch, sd: dict, device: str):
+        self.emb, self.rnn, self.dec = torch_lstm_lm(torch, sd, device)
         self.params = [*self.emb.parameters(), *self.rnn.parameters(), *self.dec.parameters()]
 
     def logits(self, ids, state):
@@ -132,7 +119,7 @@ def bench_training(torch, device, sizes, seconds):
         model._apply_update(lambda p, g=grads: opt.step(p, g))
         sync(torch, device)
 
-    tlm = TorchLM(torch, sd, L, device)
+    tlm = TorchLM(torch, sd, device)
     topt = torch.optim.SGD(tlm.params, lr=1.0)
     inp = torch.from_numpy(data[:-1]).to(device)
     tgt = torch.from_numpy(data[1:]).to(device).reshape(-1)
@@ -166,7 +153,7 @@ def bench_scoring(torch, device, sizes, seconds):
     def engine():
         model.token_logprobs(data[:-1], data[1:])  # returns host scores: synchronous
 
-    tlm = TorchLM(torch, sd, 2, device)
+    tlm = TorchLM(torch, sd, device)
     inp = torch.from_numpy(data[:-1]).to(device)
     tgt = torch.from_numpy(data[1:]).to(device)
 
@@ -224,7 +211,7 @@ def bench_streaming(torch, device, sizes, seconds):
     V, H = sizes["V"], sizes["H"]
     sd = lstm_params(V, H, H, 2, 5)
     model = Model.from_state_dict(sd, backend="cuda")
-    tlm = TorchLM(torch, sd, 2, device)
+    tlm = TorchLM(torch, sd, device)
     rows = []
     rng = np.random.default_rng(6)
     if not numba.config.ENABLE_CUDASIM:  # the streaming kernel's block size, for tuning
