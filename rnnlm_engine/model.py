@@ -38,6 +38,12 @@ _DECODE_BLOCK_FLOATS = 1 << 23
 # (32 MB for V=10000 and an LSTM of 200 units; 104 MB for 650 units).
 _INPUT_TABLE_MAX_BYTES = 128 << 20
 
+
+def _has_input_table(config) -> bool:
+    """Whether layer 0's input projection comes from a (V, G) table (see _layer0_table)."""
+    return config.vocab_size * config.gate_rows * 4 <= _INPUT_TABLE_MAX_BYTES
+
+
 # Forward passes over at most this many rows decode through a (H, V) copy of the decoder.
 _DECODE_T_MAX_ROWS = 256
 
@@ -114,7 +120,7 @@ class Model:
         # it; LSTM, 64 rows, H=200: x W_ih^T in 116 us against 159 us). Layer 0's W_ih only
         # where no input table replaces it (then only training reads it, over many rows)
         L = config.num_layers
-        first_ih = 1 if config.vocab_size * config.gate_rows * 4 <= _INPUT_TABLE_MAX_BYTES else 0
+        first_ih = 1 if _has_input_table(config) else 0
         names = [f"rnn.weight_hh_l{i}" for i in range(L)]
         names += [f"rnn.weight_ih_l{i}" for i in range(first_ih, L)]
         self._forward_weights = {
@@ -256,8 +262,7 @@ class Model:
         """
         ids = self._check_ids(ids, "ids")
         state = self._check_state(state, ids.shape[1])
-        logprobs, new_state = self._forward_checked(ids, state)
-        return logprobs, new_state
+        return self._forward_checked(ids, state)
 
     def _forward_checked(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """forward() on ids (T, B) int64 and a State on the backend that the caller has
@@ -525,7 +530,7 @@ class Model:
         """The (V, G) table of layer 0's input projection for every token, or None when
         it would exceed _INPUT_TABLE_MAX_BYTES. Built once, by the first thread to ask."""
         c = self._config
-        if c.vocab_size * c.gate_rows * 4 > _INPUT_TABLE_MAX_BYTES:
+        if not _has_input_table(c):
             return None
 
         def build():
