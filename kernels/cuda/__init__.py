@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from numba import config, cuda
 from numba.core.errors import NumbaPerformanceWarning
 
-from . import _arrays, _cells, _elementwise, _gemm, _stream
+from . import _cells, _elementwise, _gemm, _stream
 from ._arrays import (
     add_bias,
     clone,
@@ -65,7 +65,7 @@ from ._elementwise import (
     xent_forward_backward,
 )
 from ._gemm import column_sums as _column_sums
-from ._gemm import gemm
+from ._gemm import gemm  # matmul and decode_xent
 from ._stream import STREAM_CELLS, stream_step
 
 NAME = "cuda"
@@ -105,26 +105,21 @@ def small_launches(threads: int = 16):
     """Every kernel of the backend with few threads per block and small tiles, for tests
     in the simulator (which runs every GPU thread as a Python thread); restored on exit.
     threads: a power of two; the streaming kernel takes its minimum, one warp."""
-    old = (
-        _arrays.THREADS,
-        _elementwise.BLOCK,
-        _cells.set_threads(threads),
-        _gemm.set_tiles(_gemm.Tile(2, 2, 2, 2, 4), _gemm.Tile(2, 2, 1, 1, 4)),
-        _gemm.set_column_sum_block(4, 4),
-        _stream.DEFAULT_THREADS,
-    )
-    _arrays.set_threads(threads)
+    old_block = _elementwise.BLOCK  # also the block size of _arrays' kernels
+    old_cells = _cells.set_threads(threads)
+    old_tiles = _gemm.set_tiles(_gemm.Tile(2, 2, 2, 2, 4), _gemm.Tile(2, 2, 1, 1, 4))
+    old_column_sum = _gemm.set_column_sum_block(4, 4)
+    old_stream = _stream.DEFAULT_THREADS
     _elementwise.set_block_size(threads)
     _stream.DEFAULT_THREADS = 32
     try:
         yield
     finally:
-        _arrays.set_threads(old[0])
-        _elementwise.set_block_size(old[1])
-        _cells.set_threads(old[2])
-        _gemm.set_tiles(*old[3])
-        _gemm.set_column_sum_block(*old[4])
-        _stream.DEFAULT_THREADS = old[5]
+        _elementwise.set_block_size(old_block)
+        _cells.set_threads(old_cells)
+        _gemm.set_tiles(*old_tiles)
+        _gemm.set_column_sum_block(*old_column_sum)
+        _stream.DEFAULT_THREADS = old_stream
 
 
 def matmul(a, b, out=None, trans_a=False, trans_b=False):
@@ -181,7 +176,6 @@ __all__ = [
     "forward_layout",
     "freeze",
     "gather_streams",
-    "gemm",
     "gru_backward",
     "gru_forward",
     "is_array",

@@ -8,26 +8,12 @@ is a transposing copy, not a view, so the model never asks for one: products tak
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import cuda
 
-# threads per block of the element-wise kernels here (tests shrink it: the simulator runs
-# every GPU thread as a Python thread)
-THREADS = 256
-
-
-def set_threads(n: int) -> None:
-    """Threads per block of these kernels: a power of two up to 1024."""
-    global THREADS
-    if n < 1 or n > 1024 or n & (n - 1):
-        raise ValueError(f"threads must be a power of two in [1, 1024], not {n}")
-    THREADS = int(n)
-
-
-def _blocks(n: int) -> int:
-    return max(1, min(65535, math.ceil(n / THREADS)))
+# every kernel here is a grid-stride loop, launched as _elementwise launches its own
+# (with its block size, which tests shrink)
+from ._elementwise import _grid
 
 
 def is_array(a) -> bool:
@@ -50,7 +36,7 @@ def zeros(shape, dtype=np.float32):
     a = cuda.device_array(shape, dtype)
     if a.size:
         flat = a.reshape(-1)
-        _fill[_blocks(flat.shape[0]), THREADS](flat, 0)
+        _fill[_grid(flat.shape[0], None, None)](flat, 0)
     return a
 
 
@@ -110,7 +96,7 @@ def copy(dst, src) -> None:
     if dst.is_c_contiguous() and src.is_c_contiguous():
         dst.copy_to_device(src)  # one device-to-device memcpy
         return
-    _COPY[dst.ndim][_blocks(dst.size), THREADS](dst, src)
+    _COPY[dst.ndim][_grid(dst.size, None, None)](dst, src)
 
 
 def clone(a):
@@ -170,4 +156,4 @@ def _add_bias(a, bias):
 def add_bias(a, bias) -> None:
     """a (N, G) += bias (G,), in place."""
     if a.size:
-        _add_bias[_blocks(a.size), THREADS](a, bias)
+        _add_bias[_grid(a.size, None, None)](a, bias)

@@ -314,10 +314,9 @@ def lstm_backward(w_hh, h0, c0, hs, cs, acts, dhs, dcT, dxproj, dw_hh, db_hh, dh
     for t in range(T - 1, -1, -1):
         last = t == T - 1
         c_prev = cs[t - 1] if t > 0 else c0
-        if last:
-            dc_in, has_dc = (dc, 0) if dcT is None else (dcT, 1)
-        else:
-            dc_in, has_dc = dc, 1
+        # dc_next: dc, except at the last step dcT (none given: zero, dc is not read)
+        dc_in = dcT if last and dcT is not None else dc
+        has_dc = not last or dcT is not None
         dgates = dxproj[t]
         step(
             dhs[t],

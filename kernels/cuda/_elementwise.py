@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+from types import SimpleNamespace
 
 import numpy as np
 from numba import cuda, float32, float64, int64
@@ -179,8 +180,9 @@ def _row_lse_parts(logits, bias, n, tid, nt, shm, shs):
 
 
 @functools.cache
-def _row_kernels(nt):
-    """The one-block-per-row kernels for nt threads per block."""
+def _block_kernels(nt):
+    """The kernels with nt-sized shared memory, for nt threads per block: the
+    one-block-per-row ones, and the grid-stride reductions to one partial per block."""
 
     @cuda.jit
     def row_max_k(logits, bias, out):
@@ -252,68 +254,6 @@ def _row_kernels(nt):
         if tid == 0:
             partial[cuda.blockIdx.x] = total
 
-    return row_max_k, log_softmax_k, xent_forward_k, xent_forward_backward_k, sum_of_squares_k
-
-
-def row_max(logits, bias, out, *, threads=None):
-    """out (N,) = max over each row of logits (N, V) + bias (V,)."""
-    N = logits.shape[0]
-    if N == 0:
-        return
-    t = _threads(threads)
-    _row_kernels(t)[0][N, t](logits, bias, out)
-
-
-def row_shift(logits, bias, out, *, threads=None):
-    """out (N,): a softmax shift for each row (the exact row max of logits + bias). The
-    kernels of this module ignore shift (see the module docstring)."""
-    row_max(logits, bias, out, threads=threads)
-
-
-def log_softmax(logits, bias, shift, out, *, threads=None):
-    """out (N, V) = log softmax(logits + bias) per row; shift is ignored."""
-    N = logits.shape[0]
-    if N == 0:
-        return
-    t = _threads(threads)
-    _row_kernels(t)[1][N, t](logits, bias, out)
-
-
-def xent_forward(logits, bias, targets, shift, nll, *, threads=None):
-    """nll (N,) = -log softmax(logits + bias)[n, targets[n]]; shift is ignored."""
-    N = logits.shape[0]
-    if N == 0:
-        return
-    t = _threads(threads)
-    _row_kernels(t)[2][N, t](logits, bias, targets, nll)
-
-
-def xent_forward_backward(logits, bias, targets, shift, scale, nll, dbias, *, threads=None):
-    """nll (N,) as xent_forward; then, in place, logits becomes scale * (softmax -
-    onehot(target)) and dbias (V,) its column sums (_gemm.column_sums: deterministic,
-    summing in float64). shift is ignored."""
-    N, V = logits.shape
-    t = _threads(threads)
-    if N > 0:
-        _row_kernels(t)[3][N, t](logits, bias, targets, np.float32(scale), nll)
-    column_sums(logits, dbias)
-
-
-def sum_of_squares(x, *, threads=None, blocks=None) -> float:
-    """sum(x**2) of a flat float32 array in float64: one partial sum per block on the
-    device, added on the host (one copy of at most MAX_BLOCKS doubles)."""
-    x = _flat(x)
-    n = x.shape[0]
-    if n == 0:
-        return 0.0
-    b, t = _grid(n, threads, blocks)
-    partial = cuda.device_array(b, np.float64)
-    _row_kernels(t)[4][b, t](x, partial)
-    return float(np.sum(partial.copy_to_host()))
-
-
-@functools.cache
-def _max_abs_kernel(nt):
     @cuda.jit
     def max_abs_k(x, partial):
         sh = cuda.shared.array(nt, float32)
@@ -329,7 +269,72 @@ def _max_abs_kernel(nt):
         if tid == 0:
             partial[cuda.blockIdx.x] = top
 
-    return max_abs_k
+    return SimpleNamespace(
+        row_max=row_max_k,
+        log_softmax=log_softmax_k,
+        xent_forward=xent_forward_k,
+        xent_forward_backward=xent_forward_backward_k,
+        sum_of_squares=sum_of_squares_k,
+        max_abs=max_abs_k,
+    )
+
+
+def row_max(logits, bias, out, *, threads=None):
+    """out (N,) = max over each row of logits (N, V) + bias (V,)."""
+    N = logits.shape[0]
+    if N == 0:
+        return
+    t = _threads(threads)
+    _block_kernels(t).row_max[N, t](logits, bias, out)
+
+
+def row_shift(logits, bias, out, *, threads=None):
+    """out (N,): a softmax shift for each row (the exact row max of logits + bias). The
+    kernels of this module ignore shift (see the module docstring)."""
+    row_max(logits, bias, out, threads=threads)
+
+
+def log_softmax(logits, bias, shift, out, *, threads=None):
+    """out (N, V) = log softmax(logits + bias) per row; shift is ignored."""
+    N = logits.shape[0]
+    if N == 0:
+        return
+    t = _threads(threads)
+    _block_kernels(t).log_softmax[N, t](logits, bias, out)
+
+
+def xent_forward(logits, bias, targets, shift, nll, *, threads=None):
+    """nll (N,) = -log softmax(logits + bias)[n, targets[n]]; shift is ignored."""
+    N = logits.shape[0]
+    if N == 0:
+        return
+    t = _threads(threads)
+    _block_kernels(t).xent_forward[N, t](logits, bias, targets, nll)
+
+
+def xent_forward_backward(logits, bias, targets, shift, scale, nll, dbias, *, threads=None):
+    """nll (N,) as xent_forward; then, in place, logits becomes scale * (softmax -
+    onehot(target)) and dbias (V,) its column sums (_gemm.column_sums: deterministic,
+    summing in float64). shift is ignored."""
+    N = logits.shape[0]
+    t = _threads(threads)
+    if N > 0:
+        kernel = _block_kernels(t).xent_forward_backward
+        kernel[N, t](logits, bias, targets, np.float32(scale), nll)
+    column_sums(logits, dbias)
+
+
+def sum_of_squares(x, *, threads=None, blocks=None) -> float:
+    """sum(x**2) of a flat float32 array in float64: one partial sum per block on the
+    device, added on the host (one copy of at most MAX_BLOCKS doubles)."""
+    x = _flat(x)
+    n = x.shape[0]
+    if n == 0:
+        return 0.0
+    b, t = _grid(n, threads, blocks)
+    partial = cuda.device_array(b, np.float64)
+    _block_kernels(t).sum_of_squares[b, t](x, partial)
+    return float(np.sum(partial.copy_to_host()))
 
 
 def max_abs(x, *, threads=None, blocks=None) -> float:
@@ -341,7 +346,7 @@ def max_abs(x, *, threads=None, blocks=None) -> float:
         return 0.0
     b, t = _grid(n, threads, blocks)
     partial = cuda.device_array(b, np.float32)
-    _max_abs_kernel(t)[b, t](x, partial)
+    _block_kernels(t).max_abs[b, t](x, partial)
     return float(np.max(partial.copy_to_host()))
 
 

@@ -91,21 +91,55 @@ def pick_tile(M: int, N: int) -> Tile:
     return _tiles[-1]
 
 
+def _stager(K_MAJOR: bool, BR: int, BK: int, NT: int):
+    """A device function staging one operand's K slice into shared memory.
+
+    The operand x is (R, K) when K_MAJOR, else (K, R); stage(x, S, tid, k0, r0, K, R)
+    writes S[kk, rr] = x's element (k0 + kk, r0 + rr) for kk < BK, rr < BR (0 beyond the
+    edges), the NT threads of a block reading consecutive elements of x's memory order.
+    """
+    LOADS = -(-(BK * BR) // NT)  # elements each thread stages
+    SIZE = BK * BR
+    ZERO = np.float32(0.0)
+
+    @cuda.jit(device=True)
+    def stage(x, S, tid, k0, r0, K, R):
+        for s in range(LOADS):
+            idx = tid + s * NT
+            if idx < SIZE:
+                if K_MAJOR:  # x (R, K): consecutive threads along K
+                    rr = idx // BK
+                    kk = idx - rr * BK
+                else:  # x (K, R): consecutive threads along R
+                    kk = idx // BR
+                    rr = idx - kk * BR
+                gk = k0 + kk
+                gr = r0 + rr
+                v = ZERO
+                if gk < K and gr < R:
+                    if K_MAJOR:
+                        v = x[gr, gk]
+                    else:
+                        v = x[gk, gr]
+                S[kk, rr] = v
+
+    return stage
+
+
 @functools.cache
 def _gemm_kernel(tile: Tile, trans_a: bool, trans_b: bool):
     TM, TN, RM, RN, BK = tile
     BM, BN = TM * RM, TN * RN
     NT = TM * TN
-    A_LOADS = -(-(BK * BM) // NT)  # elements each thread stages per K slice
-    B_LOADS = -(-(BK * BN) // NT)
-    A_SIZE, B_SIZE = BK * BM, BK * BN
     # rows of BM + 1 floats: the column-wise stores of a K-major load hit distinct banks.
     # Shapes are computed here: numba needs literal shapes, and BM + 1 in the kernel is not.
     A_SHARED = (BK, BM + 1)
     B_SHARED = (BK, BN + 1)
     ACC = (RM, RN)
     ZERO = np.float32(0.0)
-    TA, TB = bool(trans_a), bool(trans_b)
+    TA = bool(trans_a)
+    stage_a = _stager(not trans_a, BM, BK, NT)  # a (M, K), or (K, M) with trans_a
+    stage_b = _stager(bool(trans_b), BN, BK, NT)  # b (K, N), or (N, K) with trans_b
 
     @cuda.jit
     def kernel(a, b, out, alpha, beta):
@@ -129,42 +163,8 @@ def _gemm_kernel(tile: Tile, trans_a: bool, trans_b: bool):
             for j in range(RN):
                 acc[i, j] = ZERO
         for k0 in range(0, K, BK):
-            for s in range(A_LOADS):
-                idx = tid + s * NT
-                if idx < A_SIZE:
-                    if TA:  # a (K, M): consecutive threads along M
-                        kk = idx // BM
-                        mm = idx - kk * BM
-                    else:  # a (M, K): consecutive threads along K
-                        mm = idx // BK
-                        kk = idx - mm * BK
-                    gk = k0 + kk
-                    gm = m0 + mm
-                    v = ZERO
-                    if gk < K and gm < M:
-                        if TA:
-                            v = a[gk, gm]
-                        else:
-                            v = a[gm, gk]
-                    As[kk, mm] = v
-            for s in range(B_LOADS):
-                idx = tid + s * NT
-                if idx < B_SIZE:
-                    if TB:  # b (N, K): consecutive threads along K
-                        nn = idx // BK
-                        kk = idx - nn * BK
-                    else:  # b (K, N): consecutive threads along N
-                        kk = idx // BN
-                        nn = idx - kk * BN
-                    gk = k0 + kk
-                    gn = n0 + nn
-                    v = ZERO
-                    if gk < K and gn < N:
-                        if TB:
-                            v = b[gn, gk]
-                        else:
-                            v = b[gk, gn]
-                    Bs[kk, nn] = v
+            stage_a(a, As, tid, k0, m0, K, M)
+            stage_b(b, Bs, tid, k0, n0, K, N)
             cuda.syncthreads()
             for kk in range(BK):
                 for i in range(RM):

@@ -204,6 +204,13 @@ def _x_bias(use_table, table, tok, b_ih, layer, row):
 
 
 @cuda.jit(device=True)
+def _gate(pre, slot, s, use_table, table, tok, b_ih, b_hh, layer, row):
+    """Gate row `row`'s pre-activation for stream slot s: pre[slot * _S + s] plus both
+    sides' biases."""
+    return pre[slot * _S + s] + _x_bias(use_table, table, tok, b_ih, layer, row) + b_hh[layer, row]
+
+
+@cuda.jit(device=True)
 def _cell(
     cell, layer, j, n, tok, s, use_table, table, b_ih, b_hh, pre, h_prev, c_prev, h_new, c_new
 ):  # fmt: skip
@@ -212,36 +219,25 @@ def _cell(
     cell, store the new state."""
     H = h_new.shape[2]
     if cell == 2:
-        i = _sigmoid(pre[s] + _x_bias(use_table, table, tok, b_ih, layer, j) + b_hh[layer, j])
-        row = H + j
-        f = _sigmoid(
-            pre[_S + s] + _x_bias(use_table, table, tok, b_ih, layer, row) + b_hh[layer, row]
-        )
-        row = 2 * H + j
-        g = math.tanh(
-            pre[2 * _S + s] + _x_bias(use_table, table, tok, b_ih, layer, row) + b_hh[layer, row]
-        )
-        row = 3 * H + j
-        o = _sigmoid(
-            pre[3 * _S + s] + _x_bias(use_table, table, tok, b_ih, layer, row) + b_hh[layer, row]
-        )
+        i = _sigmoid(_gate(pre, 0, s, use_table, table, tok, b_ih, b_hh, layer, j))
+        f = _sigmoid(_gate(pre, 1, s, use_table, table, tok, b_ih, b_hh, layer, H + j))
+        g = math.tanh(_gate(pre, 2, s, use_table, table, tok, b_ih, b_hh, layer, 2 * H + j))
+        o = _sigmoid(_gate(pre, 3, s, use_table, table, tok, b_ih, b_hh, layer, 3 * H + j))
         c = f * c_prev[layer, n, j] + i * g
         c_new[layer, n, j] = c
         h_new[layer, n, j] = o * math.tanh(c)
     elif cell == 1:
-        r = _sigmoid(pre[s] + _x_bias(use_table, table, tok, b_ih, layer, j) + b_hh[layer, j])
-        row = H + j
-        z = _sigmoid(
-            pre[_S + s] + _x_bias(use_table, table, tok, b_ih, layer, row) + b_hh[layer, row]
-        )
+        r = _sigmoid(_gate(pre, 0, s, use_table, table, tok, b_ih, b_hh, layer, j))
+        z = _sigmoid(_gate(pre, 1, s, use_table, table, tok, b_ih, b_hh, layer, H + j))
         row = 2 * H + j
         xn = pre[2 * _S + s] + _x_bias(use_table, table, tok, b_ih, layer, row)
         hn = pre[3 * _S + s] + b_hh[layer, row]
         nn = math.tanh(xn + r * hn)
         h_new[layer, n, j] = (_ONE - z) * nn + z * h_prev[layer, n, j]
     else:
-        a = pre[s] + _x_bias(use_table, table, tok, b_ih, layer, j) + b_hh[layer, j]
-        h_new[layer, n, j] = math.tanh(a)
+        h_new[layer, n, j] = math.tanh(
+            _gate(pre, 0, s, use_table, table, tok, b_ih, b_hh, layer, j)
+        )
 
 
 @cuda.jit(device=True)
@@ -302,6 +298,8 @@ def _decoder(w_dec, b_dec, top, logits, part_m, part_s, sh, tid, lane, warp, wpb
     acc = cuda.local.array(_SG, float32)
     m = cuda.local.array(_S, float32)
     sm = cuda.local.array(_S, float32)
+    for g in range(1, _G):  # one weight row: slot 0's, set per row below
+        rows[g] = -1
     for n0 in range(0, N, _S):  # the same in every thread of the block (syncthreads below)
         ns = _imin(_S, N - n0)
         for s in range(_S):
@@ -312,8 +310,6 @@ def _decoder(w_dec, b_dec, top, logits, part_m, part_s, sh, tid, lane, warp, wpb
             for s in range(_S):
                 acc[s] = _ZERO
             rows[0] = v
-            for g in range(1, _G):
-                rows[g] = -1
             _gate_dots(w_dec, rows, top, xrow, lane, acc)
             _warp_sum_slots(acc, 1, ns)
             b = b_dec[v]
@@ -422,9 +418,10 @@ def _device_key() -> int:
     return 0 if _SIMULATOR else cuda.get_current_device().id
 
 
-def _default_blocks(device: int, threads: int, args: tuple) -> int:
+def _default_blocks(device: int, threads: int, args: list) -> int:
     """min(co-resident blocks of the compiled kernel, _BLOCKS_PER_SM * SMs), once per
-    (device, threads). The simulator runs one block (it cannot sync across blocks)."""
+    (device, threads); args: the launch's, the three scratch arrays not yet there. The
+    simulator runs one block (it cannot sync across blocks)."""
     if _SIMULATOR:
         return 1
     key = (device, threads)
@@ -433,7 +430,9 @@ def _default_blocks(device: int, threads: int, args: tuple) -> int:
         with _grid_lock:
             blocks = _grid_blocks_cache.get(key)
             if blocks is None:
-                sig = tuple(_stream_kernel.typeof_pyval(a) for a in args)
+                # logits stands in for the scratch arrays (the same array type)
+                typed = args[:17] + [args[20]] * 3 + args[20:]
+                sig = tuple(_stream_kernel.typeof_pyval(a) for a in typed)
                 kernel = _stream_kernel.compile(sig)
                 resident = kernel.max_cooperative_grid_blocks(threads)
                 if resident < 1:
@@ -490,8 +489,8 @@ def stream_step(
         cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
         h_in, c_in, h_out, c_out, h_tmp, c_tmp, None, None, None, logits, out,
     ]  # fmt: skip
-    if blocks is None:  # (logits stands in for the partials: the same array type)
-        blocks = _default_blocks(device, threads, tuple(args[:17]) + (logits,) * 4 + (out,))
+    if blocks is None:
+        blocks = _default_blocks(device, threads, args)
     blocks = int(blocks)
     if blocks < 1 or (_SIMULATOR and blocks != 1):
         raise ValueError(
