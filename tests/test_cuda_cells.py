@@ -17,10 +17,20 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from kernel_cases import CELLS, FWD_TOL, GATES, GRAD_FLOOR, GRAD_TOL, cell_inputs, f32, rel_err
+from kernel_cases import (
+    CELLS,
+    FWD_TOL,
+    GATES,
+    cell_case,
+    cell_inputs,
+    check_grads,
+    f32,
+    oracle_cell,
+    oracle_forward,
+    rel_err,
+)
 from numba import cuda
 
-from rnnlm_engine import oracle
 from rnnlm_engine.kernels.cuda import _cells as kcells
 from rnnlm_engine.kernels.cuda import _gemm as kg
 
@@ -210,26 +220,19 @@ def cuda_backward(cell, inp, hs, cs, acts, dhs, dcT):
     return tuple(host(g) for g in (dxproj, dw_hh, db_hh, dh0, dc0))
 
 
-def oracle_run(cell, inp, dhs, dcT):
-    i64 = {k: (None if v is None else v.astype(np.float64)) for k, v in inp.items()}
-    with np.errstate(over="ignore"):
-        hs, _, _, cache = oracle.CELL_FORWARD[cell](
-            i64["xproj"], i64["w_hh"], i64["b_hh"], i64["h0"], i64["c0"]
-        )
-    cs = np.stack([step[6] for step in cache["steps"]]) if cell == "lstm" else None
-    grads = oracle.CELL_BACKWARD[cell](
-        cache, dhs.astype(np.float64), None if dcT is None else dcT.astype(np.float64), i64["w_hh"]
-    )
-    return hs, cs, grads
-
-
-def check_grads(got, want, dhs):
-    floor = GRAD_FLOOR * float(np.max(np.abs(dhs)))
-    for name, g, w in zip(("dxproj", "dw_hh", "db_hh", "dh0", "dc0"), got, want, strict=True):
-        if w is None:
-            assert g is None
-            continue
-        assert rel_err(g, w, floor) < GRAD_TOL, name
+def check_cell(cell, T, B, H, w_scale, x_scale, seed):
+    """The CUDA forward and backward of one drawn case against the oracle; returns what
+    a further backward needs: (inp, dhs, hs, cs, acts), the states on the device."""
+    inp, dhs, dcT = cell_case(np.random.default_rng(seed), cell, T, B, H, w_scale, x_scale)
+    hs, cs, acts = cuda_forward(cell, inp)
+    want_hs, want_cs, want = oracle_cell(cell, inp, dhs, dcT)
+    assert rel_err(host(hs), want_hs) < FWD_TOL
+    if cell == "lstm":
+        assert rel_err(host(cs), want_cs) < FWD_TOL
+    if acts is not None:
+        assert np.all(np.isfinite(host(acts)))
+    check_grads(cuda_backward(cell, inp, hs, cs, acts, dhs, dcT), want, dhs)
+    return inp, dhs, hs, cs, acts
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -245,20 +248,9 @@ def check_grads(got, want, dhs):
 @example(T=1, B=1, H=1, w_scale=1.0, x_scale=1.0, seed=0)
 @example(T=7, B=5, H=9, w_scale=2.0, x_scale=1.0, seed=1)
 def test_cell_forward_backward(cell, T, B, H, w_scale, x_scale, seed):
-    rng = np.random.default_rng(seed)
-    inp = cell_inputs(rng, cell, T, B, H, w_scale, x_scale)
-    dhs = f32(rng, (T, B, H))
-    dcT = f32(rng, (B, H)) if cell == "lstm" else None
-    hs, cs, acts = cuda_forward(cell, inp)
-    want_hs, want_cs, want = oracle_run(cell, inp, dhs, dcT)
-    assert rel_err(host(hs), want_hs) < FWD_TOL
-    if cell == "lstm":
-        assert rel_err(host(cs), want_cs) < FWD_TOL
-    if acts is not None:
-        assert np.all(np.isfinite(host(acts)))
-    check_grads(cuda_backward(cell, inp, hs, cs, acts, dhs, dcT), want, dhs)
+    inp, dhs, hs, cs, acts = check_cell(cell, T, B, H, w_scale, x_scale, seed)
     if cell == "lstm":  # dcT None: no gradient on the final cell state
-        _, _, want0 = oracle_run(cell, inp, dhs, None)
+        _, _, want0 = oracle_cell(cell, inp, dhs, None)
         check_grads(cuda_backward(cell, inp, hs, cs, acts, dhs, None), want0, dhs)
 
 
@@ -271,7 +263,7 @@ def test_cell_saturated_gates_stay_finite(cell):
     inp["xproj"] = np.where(rng.random(inp["xproj"].shape) < 0.5, -1e4, 1e4).astype(np.float32)
     dhs = f32(rng, (T, B, H))
     hs, cs, acts = cuda_forward(cell, inp)
-    want_hs, _, _ = oracle_run(cell, inp, dhs, None)
+    want_hs, _, _ = oracle_forward(cell, inp)
     assert rel_err(host(hs), want_hs) < FWD_TOL
     for g in cuda_backward(cell, inp, hs, cs, acts, dhs, None):
         assert g is None or np.all(np.isfinite(g))
@@ -283,12 +275,9 @@ def test_cells_interchange_with_cpu_backend(cell):
     the other's backward."""
     import rnnlm_engine.kernels.cpu as kc
 
-    rng = np.random.default_rng(3)
     T, B, H = 3, 2, 5
-    inp = cell_inputs(rng, cell, T, B, H, 1.0, 1.0)
+    inp, dhs, dcT = cell_case(np.random.default_rng(3), cell, T, B, H, 1.0, 1.0)
     G = GATES[cell] * H
-    dhs = f32(rng, (T, B, H))
-    dcT = f32(rng, (B, H)) if cell == "lstm" else None
     width = kc.ACTS_PER_HIDDEN[cell] * H
     assert width == kcells.ACTS_PER_HIDDEN[cell] * H
 
@@ -304,7 +293,7 @@ def test_cells_interchange_with_cpu_backend(cell):
         if want is not None:
             assert rel_err(host(got), want) < FWD_TOL
 
-    _, _, want = oracle_run(cell, inp, dhs, dcT)
+    _, _, want = oracle_cell(cell, inp, dhs, dcT)
     # CPU forward -> CUDA backward
     check_grads(cuda_backward(cell, inp, dev(hs_c), dev(cs_c), dev(acts_c), dhs, dcT), want, dhs)
     # CUDA forward -> CPU backward
@@ -337,17 +326,7 @@ def test_gemm_default_tiles_on_gpu(trans_a, trans_b):
 def test_cell_default_tiles_on_gpu(cell):
     previous = (kg.set_tiles(), kcells.set_threads(), kg.set_column_sum_block())
     try:
-        rng = np.random.default_rng(11)
-        T, B, H = 35, 20, 200
-        inp = cell_inputs(rng, cell, T, B, H, 1.0, 1.0)
-        dhs = f32(rng, (T, B, H))
-        dcT = f32(rng, (B, H)) if cell == "lstm" else None
-        hs, cs, acts = cuda_forward(cell, inp)
-        want_hs, want_cs, want = oracle_run(cell, inp, dhs, dcT)
-        assert rel_err(host(hs), want_hs) < FWD_TOL
-        if cell == "lstm":
-            assert rel_err(host(cs), want_cs) < FWD_TOL
-        check_grads(cuda_backward(cell, inp, hs, cs, acts, dhs, dcT), want, dhs)
+        check_cell(cell, 35, 20, 200, 1.0, 1.0, 11)
     finally:
         kg.set_tiles(*previous[0])
         kcells.set_threads(previous[1])
