@@ -33,19 +33,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def run_tests(quick: bool) -> tuple[bool, str]:
+def run_tests(quick: bool, log: str | None) -> tuple[bool, str]:
     """pytest over the CUDA tests, on the device (the conftest leaves the simulator off
-    when RNNLM_TEST_CUDA_DEVICE=1)."""
+    when RNNLM_TEST_CUDA_DEVICE=1). All of them run (no -x): a GPU lease is short, so one
+    run should show every failure; `log` gets pytest's whole output."""
     env = dict(os.environ)
     if not quick:
         env["RNNLM_TEST_CUDA_DEVICE"] = "1"
         env.pop("NUMBA_ENABLE_CUDASIM", None)
         env.setdefault("RNNLM_HYPOTHESIS_PROFILE", "ci")
     tests = sorted(str(p) for p in (ROOT / "tests").glob("test_cuda_*.py"))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=8"]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+            [*cmd, *tests],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -54,11 +56,15 @@ def run_tests(quick: bool) -> tuple[bool, str]:
         )
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else ""
+        if log:
+            Path(log).write_text(out)
         print(out[-3000:])
         return False, "timed out after 300 s"
+    if log:
+        Path(log).write_text(proc.stdout + proc.stderr)
     tail = (proc.stdout + proc.stderr).strip().splitlines()
     summary = tail[-1] if tail else "(no output)"
-    print("\n".join(tail[-15:]) if proc.returncode else summary, flush=True)
+    print("\n".join(tail[-40:]) if proc.returncode else "\n".join(tail[-12:]), flush=True)
     return proc.returncode == 0, f"{summary} ({time.perf_counter() - t0:.0f} s)"
 
 
@@ -237,6 +243,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes (check the script)")
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--seconds", type=float, default=None, help="timing per measurement")
+    ap.add_argument("--test-log", default=None, help="write pytest's whole output here")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
 
@@ -255,7 +262,7 @@ def main(argv=None) -> int:
 
     tests = ("skipped", "")
     if not args.skip_tests:
-        ok, summary = run_tests(args.quick)
+        ok, summary = run_tests(args.quick, args.test_log)
         tests = ("passed" if ok else "FAILED", summary)
         print(f"CUDA tests on the device: {tests[0]}: {summary}", flush=True)
 
