@@ -31,3 +31,18 @@ def torch_lstm_lm(torch, sd: dict, device: str = "cpu"):
         dec.weight.copy_(torch.from_numpy(sd["decoder.weight"]))
         dec.bias.copy_(torch.from_numpy(sd["decoder.bias"]))
     return emb.to(device), rnn.to(device), dec.to(device)
+
+
+def restore_row_stack() -> bool:
+    """Make np.row_stack exist again, if this numpy lacks it; True if it did.
+
+    numba-cuda 0.30.4 (as on the lent GPU machines' image in 2026-11, with numpy 2.5.2)
+    registers an implementation of np.row_stack, which numpy 2.5 removed, so its first
+    kernel compilation fails with "module 'numpy' has no attribute 'row_stack'". The GPU
+    scripts put it back as np.vstack (what it always was) for their own process, and say
+    so; the library itself does not patch numpy.
+    """
+    if hasattr(np, "row_stack"):
+        return False
+    np.row_stack = np.vstack  # noqa: NPY201 (putting it back is the point)
+    return True

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import random_params, torch_lstm_lm
+from _common import random_params, restore_row_stack, torch_lstm_lm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -43,7 +43,11 @@ def run_tests(quick: bool, log: str | None) -> tuple[bool, str]:
         env.pop("NUMBA_ENABLE_CUDASIM", None)
         env.setdefault("RNNLM_HYPOTHESIS_PROFILE", "ci")
     tests = sorted(str(p) for p in (ROOT / "tests").glob("test_cuda_*.py"))
+    # bench/compat/numpy_row_stack.py: main's np.row_stack shim, in the test process too
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench" / "compat"),
+                                                      env.get("PYTHONPATH")]))  # fmt: skip
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=8"]
+    cmd += ["-p", "numpy_row_stack"]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -253,6 +257,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=("training", "scoring", "streaming"), help="one timing")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
+    if restore_row_stack():
+        print(f"note: numpy {np.__version__} has no np.row_stack, which numba-cuda needs; "
+              "this run puts it back as np.vstack (bench/_common.py)", flush=True)  # fmt: skip
 
     import numba
     import torch

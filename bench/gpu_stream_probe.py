@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import random_params, torch_lstm_lm
+from _common import random_params, restore_row_stack, torch_lstm_lm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
+    if restore_row_stack():
+        print(f"note: numpy {np.__version__} has no np.row_stack (numba-cuda needs it): "
+              "put back as np.vstack for this run", flush=True)  # fmt: skip
     import numba
     from numba import cuda
 
