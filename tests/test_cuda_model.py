@@ -304,6 +304,61 @@ def test_a_gpu_without_nvvm_is_refused(monkeypatch):
     assert get_backend("auto").NAME == "cpu"
 
 
+def test_a_numba_cuda_that_needs_numpys_row_stack_is_refused(monkeypatch):
+    """numba-cuda 0.30.4 with numpy 2.5 (seen on a GPU machine) fails at the first kernel
+    compilation, deep inside numba: the backend refuses it when chosen, naming numpy, and
+    auto takes the CPU; any other failure of that module is refused with its own text.
+    Where numpy has row_stack nothing is imported to check."""
+    imported = []
+    real_import = kc.importlib.import_module
+
+    missing = ["row_stack"]
+
+    def import_module(name):
+        if name != "numba.cuda.np.arrayobj":  # get_backend's own import of the backend
+            return real_import(name)
+        imported.append(name)
+        raise AttributeError(f"module 'numpy' has no attribute '{missing[0]}'")
+
+    monkeypatch.setattr(kc.importlib, "import_module", import_module)
+    if not hasattr(np, "row_stack"):
+        monkeypatch.setattr(np, "row_stack", np.vstack, raising=False)
+    assert kc._numpy_mismatch() is None and imported == []
+    monkeypatch.delattr(np, "row_stack")
+    with pytest.raises(BackendError, match=r"does not work with numpy .*numpy<2\.5"):
+        get_backend("cuda")
+    assert imported == ["numba.cuda.np.arrayobj"]
+    assert get_backend("auto").NAME == "cpu"
+
+    missing[0] = "something_else"
+    with pytest.raises(BackendError, match="numpy support fails to load: .*something_else"):
+        get_backend("cuda")
+
+
+def test_numbas_grid_size_warning_is_filtered_in_both_spellings():
+    """numba-cuda 0.30 (on a GPU machine) starts its under-utilization warning with a
+    terminal colour code; the filter matches it with and without."""
+    import re
+    import warnings
+
+    for message in (
+        "Grid size 6 will likely result in GPU under-utilization due to low occupancy.",
+        "\x1b[1mGrid size 82 will likely result in GPU under-utilization due to low "
+        "occupancy.\x1b[0m",
+    ):
+        assert re.match(kc.UNDER_UTILIZATION, message, re.IGNORECASE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings(
+            "ignore", message=kc.UNDER_UTILIZATION, category=kc.NumbaPerformanceWarning
+        )
+        warnings.warn(
+            kc.NumbaPerformanceWarning("\x1b[1mGrid size 6 will likely result in GPU "
+                                       "under-utilization due to low occupancy.\x1b[0m"),
+            stacklevel=1,
+        )  # fmt: skip
+    assert caught == []
+
+
 def test_without_a_gpu_cuda_is_refused_in_one_line():
     """A fresh process with the simulator off: on this GPU-less machine asking for cuda
     raises BackendError naming the reason; on a GPU machine the backend loads."""

@@ -13,9 +13,11 @@ every GPU thread is a Python thread); the tests use it on small shapes.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from contextlib import contextmanager
 
+import numpy as np
 from numba import config, cuda
 from numba.core.errors import NumbaPerformanceWarning
 
@@ -72,10 +74,11 @@ NAME = "cuda"
 _SIMULATOR = bool(config.ENABLE_CUDASIM)  # numba's CUDA simulator: kernels run on the CPU
 
 # Small models give small grids (a 20x800 product is 26 blocks), and numba warns on every
-# such launch; the grids are sized on purpose, so that warning would only be noise.
-warnings.filterwarnings(
-    "ignore", message=r"Grid size .* under-utilization", category=NumbaPerformanceWarning
-)
+# such launch; the grids are sized on purpose, so that warning would only be noise. The
+# pattern must match from the message's start, and numba-cuda 0.30 starts it with a
+# terminal colour code ("\x1b[1mGrid size 6 will likely..."), hence the leading ".*".
+UNDER_UTILIZATION = r".*Grid size .* under-utilization"
+warnings.filterwarnings("ignore", message=UNDER_UTILIZATION, category=NumbaPerformanceWarning)
 
 
 def _nvvm_available() -> bool:
@@ -85,8 +88,42 @@ def _nvvm_available() -> bool:
     return nvvm.is_available()
 
 
+def _numpy_mismatch() -> str | None:
+    """Why this numba.cuda cannot compile with this numpy, if it cannot.
+
+    numba-cuda 0.30.4 registers an implementation of np.row_stack, which numpy 2.5
+    removed. With such a pair, the module that does so fails on import, at the first
+    kernel compilation, deep inside numba: "module 'numpy' has no attribute 'row_stack'".
+    The backend says so when it is chosen instead.
+    """
+    if hasattr(np, "row_stack"):
+        return None
+    try:
+        importlib.import_module("numba.cuda.np.arrayobj")
+    except ImportError:  # another layout of numba.cuda: nothing known to check
+        return None
+    except Exception as e:  # the module cannot load: no kernel could compile
+        if "row_stack" not in str(e):
+            return f"numba.cuda's numpy support fails to load: {type(e).__name__}: {e}"
+        try:
+            from importlib.metadata import version
+
+            numba_cuda = f"numba-cuda {version('numba-cuda')}"
+        except Exception:  # numba's own CUDA target, or no metadata
+            numba_cuda = "this numba.cuda"
+        return (
+            f"{numba_cuda} does not work with numpy {np.__version__}: it uses np.row_stack, "
+            "which numpy 2.5 removed; install numpy<2.5, or a numba-cuda release that "
+            "supports numpy 2.5"
+        )
+    return None
+
+
 def unavailable_reason() -> str | None:
     """None when kernels can run here (a GPU and NVVM, or the simulator); else why not."""
+    mismatch = _numpy_mismatch()
+    if mismatch is not None:
+        return mismatch
     try:
         if cuda.is_available():
             # the driver alone runs no kernel: without NVVM the first launch would fail
