@@ -202,7 +202,10 @@ def batch_throughput(args, rate: float) -> None:
         f" floor {floor:,.0f} tokens/s ({rate / 1e9:.0f} GFLOP/s over "
         f"{flops_per_token(config) / 1e6:.2f} MFLOP per token)"
     )
-    print(f"{'streams':>8}{'ms/step':>10}{'tokens/s':>12}{'of floor':>10}")
+    print(
+        f"{'streams':>8}{'ms/step':>10}{'tokens/s':>12}{'of floor':>10}"
+        f"{'products alone':>16}{'of floor':>10}"
+    )
     model = Model.from_state_dict(params(config, 2))
     batch = StreamBatch(model)
     rng = np.random.default_rng(1)
@@ -213,9 +216,14 @@ def batch_throughput(args, rate: float) -> None:
         def step():
             batch.step(list(zip(streams, rng.integers(0, 10000, n).tolist(), strict=True)))
 
-        t = np.median(timings(step, max(5, args.tokens // max(1, n // 8)), warm=3))
+        reps = max(5, args.tokens // max(1, n // 8))
+        t = np.median(timings(step, reps, warm=3))
+        tp = np.median(timings(step_products(config, n), reps, warm=3))
         rates[n] = n / t
-        print(f"{n:>8}{t * 1e3:>10.2f}{n / t:>12,.0f}{n / t / floor:>10.0%}")
+        print(
+            f"{n:>8}{t * 1e3:>10.2f}{n / t:>12,.0f}{n / t / floor:>10.0%}"
+            f"{tp * 1e3:>13.2f} ms{n / tp / floor:>10.0%}"
+        )
     # the same 64 streams, each fed alone, one after another
     streams = [model.stream() for _ in range(64)]
 
@@ -228,6 +236,31 @@ def batch_throughput(args, rate: float) -> None:
         f"64 streams fed one by one: {64 / t:,.0f} tokens/s; StreamBatch of 64 is "
         f"{rates[64] * t / 64:.2f}x that"
     )
+    print(
+        "products alone = only the step's matrix products for N streams, through numpy's "
+        "BLAS\n(the decoder's (N, H) x (H, V) and each layer's (N, H) x (H, 4H)): what a "
+        "step would reach with everything else free"
+    )
+
+
+def step_products(config: ModelConfig, n: int):
+    """A function doing only the matrix products of a batched step of n streams (the
+    shapes of flops_per_token), on random data: the decoder with the (H, V) layout the
+    model uses for few rows."""
+    G, H, V, L = config.gate_rows, config.hidden_size, config.vocab_size, config.num_layers
+    rng = np.random.default_rng(3)
+    x = rng.random((n, H), np.float32)
+    w_layers = [rng.random((H, G), np.float32) for _ in range(2 * L - 1)]
+    w_dec = rng.random((H, V), np.float32)
+    gates = np.empty((n, G), np.float32)
+    logits = np.empty((n, V), np.float32)
+
+    def products():
+        for w in w_layers:
+            np.matmul(x, w, out=gates)
+        np.matmul(x, w_dec, out=logits)
+
+    return products
 
 
 def scoring(args, torch, rate: float) -> None:

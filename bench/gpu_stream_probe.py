@@ -20,24 +20,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from _common import random_params, restore_row_stack, torch_lstm_lm
+from gpu_check import timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def median_us(fn, seconds: float, min_reps: int = 5) -> float:
-    fn()
-    times = []
-    t_end = time.perf_counter() + seconds
-    while len(times) < min_reps or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e6
+def median_us(fn, seconds: float) -> float:
+    return timed(fn, seconds, min_reps=5)[0] * 1e6
 
 
 def event_us(cuda, fn, reps: int) -> float:

@@ -245,9 +245,7 @@ def test_stream_batch_equals_separate_streams_with_joins_and_leaves(blas_from, c
             assert not lp.flags.writeable
             with pytest.raises(ValueError):
                 lp.flags.writeable = True  # not even on the BLAS path's rows
-            # the stream's own row, not a view of the step's (N, V) array, which would
-            # stay alive for as long as the stream sits out
-            assert lp.base.shape == (11,) and lp is members[k]._current()
+            assert lp is members[k]._current()  # the stream's prediction, not a copy
             want = alone[k].feed([tokens[k]])
             if blas_from > 6:  # never reached: every step ran the streaming kernel
                 np.testing.assert_array_equal(lp, want)
@@ -255,6 +253,92 @@ def test_stream_batch_equals_separate_streams_with_joins_and_leaves(blas_from, c
                 np.testing.assert_allclose(lp, want, atol=TOL * np.abs(want).max())
     for m, a in zip(members, alone, strict=True):
         assert m.tokens == a.tokens
+
+
+@pytest.mark.parametrize("blas_from", [1000, 3])
+def test_stream_batch_rows_are_shared_until_few_streams_hold_them(blas_from):
+    """A step's rows are views of one (N, V) array, not copies. Once no more than a
+    quarter of them are held (the other streams moved on or died), the holders get
+    copies, so streams that sit out do not keep every step's whole array alive."""
+    import weakref
+
+    from rnnlm_engine.stream import StreamBatch
+
+    _, _, model = make_model("lstm", 2)
+    batch = StreamBatch(model, blas_from=blas_from)
+    streams = [batch.stream() for _ in range(8)]
+    rows = batch.step([(s, 1 + n % 5) for n, s in enumerate(streams)])
+    owner = rows[0]
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    assert all(np.shares_memory(owner, r) for r in rows)
+    before = [np.array(r) for r in rows]
+    owner_alive = weakref.ref(owner)
+    del rows, owner
+    # 5 of 8 move on (a step, a feed, a reset, a restore): 3 > 8 // 4 still hold theirs
+    batch.step([(streams[0], 2), (streams[1], 3)])
+    streams[2].feed([4])
+    streams[3].reset()
+    streams[4].restore(streams[0].snapshot())
+    assert owner_alive() is not None
+    assert all(np.shares_memory(owner_alive(), streams[n]._current()) for n in (5, 6, 7))
+    streams[5] = None  # dies holding its row: 2 left, copied out at once
+    assert owner_alive() is None  # nothing keeps the step's array alive any more
+    for n in (6, 7):
+        row = streams[n]._current()
+        np.testing.assert_array_equal(row, before[n])
+        with pytest.raises(ValueError):
+            row.flags.writeable = True
+    # the streams go on as before: stream 6 against a lone stream fed the same tokens
+    alone = model.stream()
+    alone.feed([1 + 6 % 5])
+    got, want = streams[6].feed([3]), alone.feed([3])
+    if blas_from > 8:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, atol=TOL * np.abs(want).max())
+
+
+def test_stream_batch_rows_let_go_from_many_threads():
+    """Streams of one step, each then fed alone in its own thread: their releases copy
+    out the rows of the streams still holding one, and a copy-out never replaces a newer
+    prediction (each stream's prediction equals a lone stream's after every feed)."""
+    import threading
+
+    from rnnlm_engine.stream import StreamBatch
+
+    _, _, model = make_model("gru", 2)
+    rng = np.random.default_rng(9)
+    for _ in range(5):
+        batch = StreamBatch(model)
+        streams = [batch.stream() for _ in range(16)]
+        first = rng.integers(0, 11, 16).tolist()
+        batch.step(list(zip(streams, first, strict=True)))
+        later = rng.integers(0, 11, (16, 20)).tolist()
+        wants = []
+        for n in range(16):  # references, one stream at a time
+            alone = model.stream()
+            alone.feed([first[n]])
+            wants.append([alone.feed([t]).copy() for t in later[n]])
+        errors = []
+
+        def run(stream, tokens, wants, errors):
+            try:
+                for t, want in zip(tokens, wants, strict=True):
+                    stream.feed([t])
+                    np.testing.assert_array_equal(stream._current(), want)
+            except Exception as e:  # reported by the main thread
+                errors.append(e)
+
+        threads = [
+            threading.Thread(target=run, args=(streams[n], later[n], wants[n], errors))
+            for n in range(16)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
 
 
 def test_stream_batch_refuses_bad_steps():
