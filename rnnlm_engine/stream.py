@@ -125,9 +125,9 @@ class Stream:
         c, k = self._model.config, self._model._k
         shape = (c.num_layers, 1, c.hidden_size)
         # the state lives on the model's backend (the GPU's memory for cuda)
+        self._let_go()
         self._h = k.zeros(shape, np.float32)
         self._c = k.zeros(shape, np.float32) if c.cell == "lstm" else None
-        self._let_go()
         # the next-token log-probabilities (V,): a host array, or on the cuda backend a
         # device array until something reads them (generate samples on the device and
         # copies back only the drawn id)
@@ -173,10 +173,10 @@ class Stream:
             raise InputError("the snapshot's tokens do not fit this model's vocabulary")
         self._model._check_state_magnitude(snapshot.h[:, None, :])
         k = self._model._k
+        self._let_go()
         self._h = k.to_device(np.array(snapshot.h[:, None, :]))
         self._c = None if snapshot.c is None else k.to_device(np.array(snapshot.c[:, None, :]))
         # a copy: a Snapshot built by hand may share its array
-        self._let_go()
         self._logprobs = None if snapshot.logprobs is None else _read_only(snapshot.logprobs)
         self._tokens = list(snapshot.tokens)
 
@@ -206,18 +206,18 @@ class Stream:
         # tokens one by one does, but the decoder only after the last
         h, c, logprobs = self._model._step(ids.reshape(-1, 1), self._h, self._c, to_host)
         # only now, after every step ran: a failed call changes nothing
+        self._let_go()
         self._h, self._c = h, c
         if isinstance(logprobs, np.ndarray):
             # a fresh (1, V) array, ours to freeze: its row, a view, cannot be made
             # writable again
             logprobs.flags.writeable = False
-        self._let_go()
         self._logprobs = logprobs[0]
         self._tokens.extend(ids.tolist())
 
     def _let_go(self) -> None:
         """Drop the StreamBatch row this stream's prediction is, if it is one (before the
-        prediction is replaced)."""
+        state and prediction are replaced)."""
         shared = self._shared
         if shared is not None:
             shared[0].let_go([(self, shared)])
@@ -466,6 +466,8 @@ class StreamBatch:
         _SharedRows.let_go_all(streams)
         shared = _SharedRows(streams)
         for n, (s, token) in enumerate(zip(streams, ids.tolist(), strict=True)):
+            # views of one copy of the step's states on the cpu backend: tracked with the
+            # rows, since a stream replaces its state and its prediction together
             s._h = hs[n]
             s._c = None if cs is None else cs[n]
             s._logprobs = logprobs[n]
@@ -477,7 +479,8 @@ class StreamBatch:
 class _SharedRows:
     """The rows of one StreamBatch step's (N, V) log-probabilities, which its N streams
     hold as their predictions: views, not copies. A copy per stream cost 0.3 ms of a
-    3.3 ms step at 64 streams, and 1.2 of 11.6 ms at 256.
+    3.3 ms step at 64 streams, and 1.2 of 11.6 ms at 256. On the cpu backend the streams'
+    new states are likewise views of one copy (split_streams), and go with the rows.
 
     A stream lets go of its row when its prediction changes (feed, step, reset, restore)
     or when it dies. Once no more than a quarter of the rows are held, each stream still
@@ -539,8 +542,17 @@ class _SharedRows:
             s = ref()
             if s is not None:
                 s._logprobs = _read_only(s._logprobs)
+                s._h, s._c = _own_state(s._h), _own_state(s._c)
                 s._shared = None
         self._held.clear()
+
+
+def _own_state(a):
+    """A stream's state h or c as an array of its own: the cpu backend's split_streams
+    hands out views of one copy for all a step's streams (cuda's are separate arrays)."""
+    if isinstance(a, np.ndarray) and a.base is not None:
+        return a.copy()
+    return a
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

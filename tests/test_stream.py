@@ -274,7 +274,13 @@ def test_stream_batch_rows_are_shared_until_few_streams_hold_them(blas_from):
     assert all(np.shares_memory(owner, r) for r in rows)
     before = [np.array(r) for r in rows]
     owner_alive = weakref.ref(owner)
-    del rows, owner
+    state_owner = streams[0]._h  # the states: views of one copy, tracked with the rows
+    while isinstance(state_owner.base, np.ndarray):
+        state_owner = state_owner.base
+    assert all(np.shares_memory(state_owner, s._h) for s in streams)
+    states = [(np.array(s._h), np.array(s._c)) for s in streams]
+    state_owner_alive = weakref.ref(state_owner)
+    del rows, owner, state_owner
     # 5 of 8 move on (a step, a feed, a reset, a restore): 3 > 8 // 4 still hold theirs
     batch.step([(streams[0], 2), (streams[1], 3)])
     streams[2].feed([4])
@@ -283,10 +289,13 @@ def test_stream_batch_rows_are_shared_until_few_streams_hold_them(blas_from):
     assert owner_alive() is not None
     assert all(np.shares_memory(owner_alive(), streams[n]._current()) for n in (5, 6, 7))
     streams[5] = None  # dies holding its row: 2 left, copied out at once
-    assert owner_alive() is None  # nothing keeps the step's array alive any more
+    assert owner_alive() is None  # nothing keeps the step's arrays alive any more
+    assert state_owner_alive() is None
     for n in (6, 7):
         row = streams[n]._current()
         np.testing.assert_array_equal(row, before[n])
+        np.testing.assert_array_equal(streams[n]._h, states[n][0])
+        np.testing.assert_array_equal(streams[n]._c, states[n][1])
         with pytest.raises(ValueError):
             row.flags.writeable = True
     # the streams go on as before: stream 6 against a lone stream fed the same tokens
