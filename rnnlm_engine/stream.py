@@ -427,7 +427,10 @@ class StreamBatch:
         """pairs: [(stream, token)], token a str of the vocabulary or an int id (one token
         per stream, each stream at most once). Returns each stream's next-token
         log-probabilities (V,), read-only, in the order given. If anything is invalid
-        nothing moves."""
+        nothing moves.
+
+        The rows are views of one (N, V) array (no copy per stream): a row kept after
+        its stream moves on keeps that whole array alive; keep np.array(row) instead."""
         pairs = list(pairs)
         if not pairs:
             raise InputError("a step needs at least one (stream, token) pair")
@@ -489,9 +492,10 @@ class _SharedRows:
     not the whole array of every step they took part in: with 512 idle sessions, that
     would be N times the memory.
 
-    Streams are used from many threads (each by one). A stream's _shared is changed only
-    under its block's lock, by the stream letting go or by a copy-out, so a copy-out never
-    overwrites a newer prediction.
+    Streams are used from many threads (each by one). Once a stream holds a row, its
+    _shared is cleared only under its block's lock, by the stream letting go or by a
+    copy-out; a stream lets go before it replaces its state and prediction, so a copy-out
+    never overwrites newer ones.
     """
 
     __slots__ = ("_lock", "_held", "_keep", "__weakref__")
@@ -515,8 +519,9 @@ class _SharedRows:
         own rows are replaced)."""
         by_block: dict = {}
         for s in streams:
-            if s._shared is not None:
-                by_block.setdefault(s._shared[0], []).append((s, s._shared))
+            shared = s._shared  # read once: another thread's copy-out may clear it
+            if shared is not None:
+                by_block.setdefault(shared[0], []).append((s, shared))
         for block, pairs in by_block.items():
             block.let_go(pairs)
 
@@ -556,8 +561,9 @@ def _own_state(a):
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
-    """a, a fresh array of the caller's own, read-only for good: the array that owns its
-    memory is frozen too, so that no view of it can be made writable again."""
+    """a, a fresh array of the caller's own, read-only: the array that owns its memory is
+    frozen too, so that no view of it can be made writable again by its own flag. (numpy
+    cannot stop a caller who walks .base to the owner and unfreezes it on purpose.)"""
     owner = a
     while isinstance(owner.base, np.ndarray):
         owner = owner.base

@@ -272,6 +272,7 @@ def test_stream_batch_rows_are_shared_until_few_streams_hold_them(blas_from):
     while isinstance(owner.base, np.ndarray):
         owner = owner.base
     assert all(np.shares_memory(owner, r) for r in rows)
+    assert not owner.flags.writeable  # a row cannot be written through its base either
     before = [np.array(r) for r in rows]
     owner_alive = weakref.ref(owner)
     state_owner = streams[0]._h  # the states: views of one copy, tracked with the rows
@@ -293,6 +294,7 @@ def test_stream_batch_rows_are_shared_until_few_streams_hold_them(blas_from):
     assert state_owner_alive() is None
     for n in (6, 7):
         row = streams[n]._current()
+        assert not row.base.flags.writeable  # the copy's owner is frozen too
         np.testing.assert_array_equal(row, before[n])
         np.testing.assert_array_equal(streams[n]._h, states[n][0])
         np.testing.assert_array_equal(streams[n]._c, states[n][1])
@@ -308,46 +310,50 @@ def test_stream_batch_rows_are_shared_until_few_streams_hold_them(blas_from):
         np.testing.assert_allclose(got, want, atol=TOL * np.abs(want).max())
 
 
-def test_stream_batch_rows_let_go_from_many_threads():
-    """Streams of one step, each then fed alone in its own thread: their releases copy
-    out the rows of the streams still holding one, and a copy-out never replaces a newer
-    prediction (each stream's prediction equals a lone stream's after every feed)."""
+def test_stream_batch_copy_out_never_overwrites_a_newer_prediction(monkeypatch):
+    """A stream's let-go copies out the rows of the streams still holding one, on the
+    thread that lets go; another thread feeding one of those streams meanwhile waits for
+    the copy-out, and its stream ends with the new state and prediction, not the copied
+    old ones. The copy-out is paused half-way, after reading stream 6's old state."""
     import threading
 
+    import rnnlm_engine.stream as stream_module
     from rnnlm_engine.stream import StreamBatch
 
-    _, _, model = make_model("gru", 2)
-    rng = np.random.default_rng(9)
-    for _ in range(5):
-        batch = StreamBatch(model)
-        streams = [batch.stream() for _ in range(16)]
-        first = rng.integers(0, 11, 16).tolist()
-        batch.step(list(zip(streams, first, strict=True)))
-        later = rng.integers(0, 11, (16, 20)).tolist()
-        wants = []
-        for n in range(16):  # references, one stream at a time
-            alone = model.stream()
-            alone.feed([first[n]])
-            wants.append([alone.feed([t]).copy() for t in later[n]])
-        errors = []
+    _, _, model = make_model("lstm", 2)
+    batch = StreamBatch(model)
+    streams = [batch.stream() for _ in range(8)]
+    batch.step([(s, 1 + n % 5) for n, s in enumerate(streams)])
+    for n in range(5):
+        streams[n].feed([2])  # 5, 6 and 7 still hold their rows: 3 > 8 // 4
+    paused, go = threading.Event(), threading.Event()
+    own_state = stream_module._own_state
 
-        def run(stream, tokens, wants, errors):
-            try:
-                for t, want in zip(tokens, wants, strict=True):
-                    stream.feed([t])
-                    np.testing.assert_array_equal(stream._current(), want)
-            except Exception as e:  # reported by the main thread
-                errors.append(e)
+    def paused_own_state(a):
+        if not paused.is_set():
+            paused.set()
+            go.wait(10)
+        return own_state(a)
 
-        threads = [
-            threading.Thread(target=run, args=(streams[n], later[n], wants[n], errors))
-            for n in range(16)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors[0]
+    monkeypatch.setattr(stream_module, "_own_state", paused_own_state)
+    copy_out = threading.Thread(target=streams[5].feed, args=([2],))  # copies out 6 and 7
+    copy_out.start()
+    assert paused.wait(10)
+    feeder = threading.Thread(target=streams[6].feed, args=([4],))
+    feeder.start()
+    feeder.join(0.5)
+    assert feeder.is_alive()  # waiting for the copy-out's lock
+    go.set()
+    copy_out.join(10)
+    feeder.join(10)
+    assert not copy_out.is_alive() and not feeder.is_alive()
+    alone = model.stream()
+    alone.feed([1 + 6 % 5])
+    want = alone.feed([4])
+    np.testing.assert_array_equal(streams[6]._current(), want)
+    np.testing.assert_array_equal(streams[6]._h, alone._h)
+    np.testing.assert_array_equal(streams[6]._c, alone._c)
+    assert streams[6]._shared is None and streams[7]._shared is None  # 7 was copied out
 
 
 def test_stream_batch_refuses_bad_steps():
