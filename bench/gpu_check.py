@@ -186,8 +186,9 @@ def bench_scoring(torch, device, sizes, seconds):
     return [("score tokens/s", f"LSTM 2x{H}, V={V}, batch {B}, {T} tokens", B * T / te, B * T / tt)]
 
 
-def _stream_row(torch, device, model, tlm, tokens: list[int], seconds: float):
-    """(engine, torch) seconds per step of len(tokens) streams, one token each."""
+def _stream_row(torch, device, model, tlm, tokens: list[int], seconds: float, blas_from=None):
+    """(engine, torch) seconds per step of len(tokens) streams, one token each; blas_from
+    as StreamBatch's (None: its default, the streaming kernel on cuda)."""
     from rnnlm_engine.stream import StreamBatch
 
     if len(tokens) == 1:
@@ -196,7 +197,7 @@ def _stream_row(torch, device, model, tlm, tokens: list[int], seconds: float):
         def engine():
             s.feed(tokens)  # returns the (V,) log-probabilities on the host
     else:
-        batch = StreamBatch(model)
+        batch = StreamBatch(model, blas_from=blas_from)
         pairs = list(zip([batch.stream() for _ in tokens], tokens, strict=True))
 
         def engine():
@@ -245,6 +246,11 @@ def bench_streaming(torch, device, sizes, seconds):
         te, tt = _stream_row(torch, device, model, tlm, tokens, seconds)
         name = f"stream us/token, batch {n}"
         rows.append((name, f"LSTM 2x{H}, V={V}", te * 1e6 / n, tt * 1e6 / n))
+    # the other StreamBatch path: the batched forward pass (matrix-product kernels), which
+    # the cpu backend takes from 32 streams; on cuda the default is the streaming kernel
+    te, tt = _stream_row(torch, device, model, tlm, tokens, seconds, blas_from=2)
+    name = f"stream us/token, batch {len(tokens)}"
+    rows.append((name, f"LSTM 2x{H}, V={V}, batched forward", te * 1e6 / n, tt * 1e6 / n))
     return rows
 
 

@@ -133,6 +133,25 @@ def main(argv=None) -> int:
         print(f"  {threads} x {blocks}: empty launch {t0:.1f} us, "
               f"{(t100 - t0) / 100:.2f} us a barrier", flush=True)  # fmt: skip
 
+    # a StreamBatch step's host side at 64 streams: gathering the states, handing them out
+    from rnnlm_engine.stream import StreamBatch
+
+    n = 4 if sim else 64
+    batch = StreamBatch(model)
+    streams = [batch.stream() for _ in range(n)]
+    pairs = [(s, 1) for s in streams]
+    states = [s._h for s in streams]
+    gathered = k.gather_streams(states)
+    print(f"StreamBatch of {n} (LSTM {L}x{H}, V={V}), us:", flush=True)
+    for name, fn in (
+        ("the whole step, streaming kernel", lambda: batch.step(pairs)),
+        ("the whole step, batched forward",
+         lambda: StreamBatch(model, blas_from=2).step(pairs)),
+        ("gather_streams of h (one of h, c)", lambda: k.gather_streams(states)),
+        ("split_streams of h (one of h, c)", lambda: k.split_streams(gathered)),
+    ):  # fmt: skip
+        print(f"  {name:<40}{median_us(fn, seconds):>10.1f}", flush=True)
+
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
