@@ -224,23 +224,47 @@ def batch_throughput(args, rate: float) -> None:
             f"{n:>8}{t * 1e3:>10.2f}{n / t:>12,.0f}{n / t / floor:>10.0%}"
             f"{tp * 1e3:>13.2f} ms{n / tp / floor:>10.0%}"
         )
-    # the same 64 streams, each fed alone, one after another
-    streams = [model.stream() for _ in range(64)]
+    # the same 64 streams, each fed alone, one after another, against a StreamBatch of 64,
+    # in alternating blocks: both see the same load on the host (a shared machine's load
+    # drifts over seconds, and the two measured apart gave ratios of 1.5 to 2.8)
+    alone = [model.stream() for _ in range(64)]
+    together = [batch.stream() for _ in range(64)]
 
     def one_by_one():
-        for s, t in zip(streams, rng.integers(0, 10000, 64).tolist(), strict=True):
+        for s, t in zip(alone, rng.integers(0, 10000, 64).tolist(), strict=True):
             s.feed(t)
 
-    t = np.median(timings(one_by_one, max(5, args.tokens // 8), warm=3))
+    def batched():
+        batch.step(list(zip(together, rng.integers(0, 10000, 64).tolist(), strict=True)))
+
+    rounds = max(2, args.tokens // 50)
+    t_alone, t_batch = (np.median(t) for t in alternating([one_by_one, batched], rounds))
     print(
-        f"64 streams fed one by one: {64 / t:,.0f} tokens/s; StreamBatch of 64 is "
-        f"{rates[64] * t / 64:.2f}x that"
+        f"64 streams, {rounds} alternating blocks of 10 steps each: fed one by one "
+        f"{64 / t_alone:,.0f} tokens/s, StreamBatch {64 / t_batch:,.0f} tokens/s: "
+        f"{t_alone / t_batch:.2f}x"
     )
     print(
         "products alone = only the step's matrix products for N streams, through numpy's "
         "BLAS\n(the decoder's (N, H) x (H, V) and each layer's (N, H) x (H, 4H)): what a "
         "step would reach with everything else free"
     )
+
+
+def alternating(fns, rounds: int, block: int = 10) -> list[np.ndarray]:
+    """Seconds per call of each of fns: in each round, a block of `block` calls of each in
+    turn, each block after a pause (as in timings(): a BLAS pool left spinning by one
+    block would take a core from the next) and one untimed call."""
+    out = [[] for _ in fns]
+    for _ in range(rounds):
+        for times, fn in zip(out, fns, strict=True):
+            time.sleep(0.25)
+            fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+    return [np.array(t) for t in out]
 
 
 def step_products(config: ModelConfig, n: int):
