@@ -34,7 +34,7 @@ def torch_lstm_lm(torch, sd: dict, device: str = "cpu"):
 
 
 def restore_row_stack() -> bool:
-    """Make np.row_stack exist again, if this numpy lacks it; True if it did.
+    """Make np.row_stack exist again, if this numpy lacks it, and say so; True if it did.
 
     numba-cuda 0.30.4 (as on the lent GPU machines' image in 2026-11, with numpy 2.5.2)
     registers an implementation of np.row_stack, which numpy 2.5 removed, so its first
@@ -45,4 +45,6 @@ def restore_row_stack() -> bool:
     if hasattr(np, "row_stack"):
         return False
     np.row_stack = np.vstack  # noqa: NPY201 (putting it back is the point)
+    print(f"note: numpy {np.__version__} has no np.row_stack, which numba-cuda needs; this "
+          "run puts it back as np.vstack (bench/_common.py)", flush=True)  # fmt: skip
     return True

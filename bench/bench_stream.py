@@ -209,7 +209,6 @@ def batch_throughput(args, rate: float) -> None:
     model = Model.from_state_dict(params(config, 2))
     batch = StreamBatch(model)
     rng = np.random.default_rng(1)
-    rates = {}
     for n in (1, 8, 64, 256):
         streams = [batch.stream() for _ in range(n)]
 
@@ -219,7 +218,6 @@ def batch_throughput(args, rate: float) -> None:
         reps = max(5, args.tokens // max(1, n // 8))
         t = np.median(timings(step, reps, warm=3))
         tp = np.median(timings(step_products(config, n), reps, warm=3))
-        rates[n] = n / t
         print(
             f"{n:>8}{t * 1e3:>10.2f}{n / t:>12,.0f}{n / t / floor:>10.0%}"
             f"{tp * 1e3:>13.2f} ms{n / tp / floor:>10.0%}"

@@ -52,9 +52,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
-    if restore_row_stack():
-        print(f"note: numpy {np.__version__} has no np.row_stack (numba-cuda needs it): "
-              "put back as np.vstack for this run", flush=True)  # fmt: skip
+    restore_row_stack()
     import numba
     from numba import cuda
 

@@ -208,10 +208,8 @@ class Stream:
         # only now, after every step ran: a failed call changes nothing
         self._let_go()
         self._h, self._c = h, c
-        if isinstance(logprobs, np.ndarray):
-            # a fresh (1, V) array, ours to freeze: its row, a view, cannot be made
-            # writable again
-            logprobs.flags.writeable = False
+        if isinstance(logprobs, np.ndarray):  # a fresh (1, V) array, ours to freeze
+            logprobs = _frozen(logprobs)
         self._logprobs = logprobs[0]
         self._tokens.extend(ids.tolist())
 
@@ -255,7 +253,7 @@ class Stream:
         if self._logprobs is None:
             raise InputError("feed at least one token first: the stream has no prediction yet")
         if not isinstance(self._logprobs, np.ndarray):  # still on the device
-            self._logprobs = _read_only(self._model._k.to_host(self._logprobs), copy=False)
+            self._logprobs = _frozen(self._model._k.to_host(self._logprobs))[...]
         return self._logprobs
 
     def _token_id(self, token) -> int:
@@ -498,7 +496,7 @@ class _SharedRows:
     never overwrites newer ones.
     """
 
-    __slots__ = ("_lock", "_held", "_keep", "__weakref__")
+    __slots__ = ("_lock", "_held", "_keep")
 
     def __init__(self, streams: list[Stream]):
         # reentrant: a stream can die (and _gone run) inside a copy-out, on this thread
@@ -572,13 +570,10 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _read_only(a: np.ndarray, copy: bool = True) -> np.ndarray:
-    """a's values, read-only for good (a view of an array frozen here, which numpy will
-    not make writable again): a stream's prediction, which its top, prob and sample read.
-    A copy, unless the caller hands over a fresh array of its own (copy=False)."""
-    own = np.array(a) if copy else a
-    own.flags.writeable = False
-    return own[...]
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only copy of a's values, as a view of the frozen copy (so that its own flag
+    cannot be set back): a stream's prediction, which its top, prob and sample read."""
+    return _frozen(np.array(a))[...]
 
 
 def _one_token(stream: Stream, n: int, token, V: int) -> int:
