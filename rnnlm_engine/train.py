@@ -49,6 +49,9 @@ class TrainConfig:
     lr_decay applies on validation plateaus (an epoch that does not improve the best
     validation loss) when decay_start is None, as word_language_model does; with
     decay_start = e it applies after every epoch from epoch e on, as Zaremba et al. do.
+
+    max_time (seconds, None: no limit) is the budget of one call of train(): a resumed run
+    trains for max_time more seconds, whatever its earlier sessions took.
     """
 
     cell: str = "lstm"
@@ -255,6 +258,25 @@ def initial_parameters(config: ModelConfig, init_range: float, rng) -> dict[str,
     }
 
 
+@dataclass
+class _EpochFigures:
+    """The running figures of the current epoch, from its first window: what its history
+    entry reports. Part of a checkpoint (with the epoch's seconds so far) and of a
+    rollback snapshot, so that neither a resume nor a replayed window counts twice."""
+
+    tokens: int = 0
+    loss_sum: float = 0.0
+    loss_n: int = 0
+
+    def add(self, tokens: int, loss: float) -> None:
+        self.tokens += tokens
+        self.loss_sum += loss * tokens
+        self.loss_n += tokens
+
+    def copy(self) -> _EpochFigures:
+        return _EpochFigures(self.tokens, self.loss_sum, self.loss_n)
+
+
 class _Run:
     """The mutable state of one training run: what a checkpoint holds."""
 
@@ -266,9 +288,10 @@ class _Run:
         self.best_saved_loss = best  # of the model in the output file (partial epochs too)
         self.rollbacks = bad
         self.history: list[dict] = history
-        self.spent_s = spent  # training seconds of earlier sessions of this run
-        # (tokens, loss sum, loss count, seconds) of the current epoch before a checkpoint
-        self.epoch_stats: tuple = (0, 0.0, 0, 0.0)
+        self.spent_s = spent  # training seconds of every session of this run
+        self.figures = _EpochFigures()
+        # training seconds of the current epoch in earlier sessions (set on resume)
+        self.epoch_seconds_before = 0.0
 
     def snapshot(self):
         """An in-memory copy to roll back to when the loss turns non-finite."""
@@ -285,10 +308,11 @@ class _Run:
             self.rng.bit_generator.state,
             self.epoch,
             self.window,
+            self.figures.copy(),
         )
 
     def restore(self, snap) -> None:
-        params, opt_tensors, opt_values, hidden, rng_state, epoch, window = snap
+        params, opt_tensors, opt_values, hidden, rng_state, epoch, window, figures = snap
 
         def put(p):
             for name, a in params.items():
@@ -301,9 +325,10 @@ class _Run:
         self.hidden = hidden
         self.rng.bit_generator.state = rng_state
         self.epoch, self.window = epoch, window
+        self.figures = figures.copy()  # the snapshot may be restored again
 
 
-def _training_state(run: _Run, config: TrainConfig, fingerprint: str) -> dict:
+def _training_state(run: _Run, config: TrainConfig, fingerprint: str, epoch_s: float) -> dict:
     tensors, opt_values = run.optimizer.state()
     tensors = dict(tensors)
     if run.hidden is not None:
@@ -324,7 +349,8 @@ def _training_state(run: _Run, config: TrainConfig, fingerprint: str) -> dict:
         "rng": json.dumps(run.rng.bit_generator.state),
         "data": fingerprint,
         "spent_s": run.spent_s,
-        "epoch_stats": list(run.epoch_stats),
+        # (tokens, loss sum, loss count, seconds) of the current epoch so far
+        "epoch_stats": [run.figures.tokens, run.figures.loss_sum, run.figures.loss_n, epoch_s],
     }
     return {"tensors": tensors, "values": values}
 
@@ -412,7 +438,11 @@ def _resume_unchecked(path, f, config, vocab, fingerprint, backend):
     )
     run.best_saved_loss = float(values["best_saved_loss"])
     tokens, loss_sum, loss_n, seconds = values["epoch_stats"]
-    run.epoch_stats = (int(tokens), float(loss_sum), int(loss_n), float(seconds))
+    # at an epoch's start the figures are zero (checkpoints of engine 0.1.0 carried a
+    # finished epoch's partial figures there: ignored)
+    if run.window > 0:
+        run.figures = _EpochFigures(int(tokens), float(loss_sum), int(loss_n))
+        run.epoch_seconds_before = float(seconds)
     return run
 
 
@@ -436,8 +466,9 @@ def train(
     on Ctrl-C or at the time limit). resume: a checkpoint to
     continue from (same data and settings; epochs, max_time and checkpoint_every may
     change); resume_file: that file already loaded, if the caller has (it is then not read
-    again). extra_metadata is added to the files' metadata. A run stopped by max_time
-    validates its last weights too (kept if better; the learning-rate schedule looks at
+    again). extra_metadata is added to the files' metadata. max_time limits this call
+    (a resumed run gets that much more time); a run stopped by it validates its last
+    weights too if it trained any (kept if better; the learning-rate schedule looks at
     whole epochs only). Returns a TrainResult; raises TrainingDiverged, ConfigError,
     InputError.
     """
@@ -470,6 +501,7 @@ def train(
     session_start, spent_before = time.monotonic(), run.spent_s
     last_checkpoint = session_start
     stopped = "done"
+    trained_here = 0  # windows trained by this invocation (max_time is its budget)
 
     def metadata() -> dict:
         return _metadata(run, config, vocab) | (extra_metadata or {})
@@ -485,26 +517,28 @@ def train(
         progress.message(_epoch_line(entry, vocab, improved))
         return improved
 
-    def elapsed() -> float:  # training seconds of this run, earlier sessions included
-        return spent_before + time.monotonic() - session_start
+    def out_of_time() -> bool:
+        return config.max_time is not None and time.monotonic() - session_start >= config.max_time
 
     def save_checkpoint() -> None:
         nonlocal last_checkpoint
-        run.spent_s = elapsed()
+        run.spent_s = spent_before + time.monotonic() - session_start
         if checkpoint is None:
             return
-        run.model.save(checkpoint, metadata(), _training_state(run, config, fingerprint))
+        epoch_s = time.monotonic() - epoch_t0 if run.window > 0 else 0.0
+        state = _training_state(run, config, fingerprint, epoch_s)
+        run.model.save(checkpoint, metadata(), state)
         last_checkpoint = time.monotonic()
 
     good = run.snapshot()
     with _StopFlag() as stop:
         while run.epoch <= config.epochs:
-            # this epoch's running figures, carried over from the checkpoint on resume
-            tokens, loss_sum, loss_n, before_s = run.epoch_stats
-            run.epoch_stats = (0, 0.0, 0, 0.0)
-            epoch_t0 = time.monotonic() - before_s
+            # the epoch's clock, counting its seconds in earlier sessions on resume
+            epoch_t0 = time.monotonic() - run.epoch_seconds_before
+            run.epoch_seconds_before = 0.0
+            fig = run.figures
             while run.window < n_windows:
-                if stop.requested or (config.max_time is not None and elapsed() >= config.max_time):
+                if stop.requested or out_of_time():
                     stopped = "interrupted" if stop.requested else "max_time"
                     break
                 i = run.window * config.bptt
@@ -522,16 +556,16 @@ def train(
                     )
                 norm = clip_grad_norm(run.model._k, grads, config.clip) if config.clip > 0 else 0.0
                 if not (math.isfinite(loss) and math.isfinite(norm)):
-                    _roll_back(run, good, progress, loss)
+                    _roll_back(run, good, progress, loss)  # the figures go back too
+                    fig = run.figures
                     continue
                 run.model._apply_update(lambda p, g=grads: run.optimizer.step(p, g))
                 run.hidden = hidden
                 run.window += 1
-                tokens += inputs.size
-                loss_sum += loss * inputs.size
-                loss_n += inputs.size
+                trained_here += 1
+                fig.add(inputs.size, loss)
                 dt = time.monotonic() - epoch_t0
-                rate = tokens / dt if dt > 0 else 0.0
+                rate = fig.tokens / dt if dt > 0 else 0.0
                 left = (n_windows - run.window) * config.batch_size * config.bptt
                 progress.update(
                     run.epoch,
@@ -539,21 +573,19 @@ def train(
                     run.window,
                     n_windows,
                     rate,
-                    loss_sum / loss_n,
+                    fig.loss_sum / fig.loss_n,
                     left / rate if rate > 0 else math.inf,
                 )
                 if config.checkpoint_every > 0 and (
                     time.monotonic() - last_checkpoint >= 60.0 * config.checkpoint_every
                 ):
-                    run.epoch_stats = (tokens, loss_sum, loss_n, time.monotonic() - epoch_t0)
                     save_checkpoint()
                     good = run.snapshot()
             if stopped != "done":
                 break
             # end of epoch: validate, keep the best, schedule the learning rate
             run.model._check_bounds()
-            train_s = time.monotonic() - epoch_t0
-            entry = _entry(run, loss_sum, loss_n, tokens, train_s)
+            entry = _entry(run, fig, time.monotonic() - epoch_t0)
             validate_and_keep(entry)
             improved = entry["valid_loss"] < run.best_valid_loss
             run.best_valid_loss = min(run.best_valid_loss, entry["valid_loss"])
@@ -565,15 +597,17 @@ def train(
             run.window = 0
             run.hidden = None
             run.rollbacks = 0
+            run.figures = _EpochFigures()  # the next epoch starts from nothing
             save_checkpoint()
             good = run.snapshot()
-        if stopped == "max_time" and loss_n > 0:
+        # a time limit validates what this invocation trained (a resumed run that trained
+        # nothing has nothing new to validate)
+        if stopped == "max_time" and trained_here > 0 and run.figures.loss_n > 0:
             run.model._check_bounds()
-            entry = _entry(run, loss_sum, loss_n, tokens, time.monotonic() - epoch_t0)
+            entry = _entry(run, run.figures, time.monotonic() - epoch_t0)
             entry["partial"] = True
             validate_and_keep(entry)
         if stopped != "done":
-            run.epoch_stats = (tokens, loss_sum, loss_n, time.monotonic() - epoch_t0)
             save_checkpoint()
             why = "Ctrl-C" if stopped == "interrupted" else "time limit"
             progress.message(
@@ -594,13 +628,13 @@ def train(
     )
 
 
-def _entry(run: _Run, loss_sum: float, loss_n: int, tokens: int, seconds: float) -> dict:
+def _entry(run: _Run, fig: _EpochFigures, seconds: float) -> dict:
     return {
         "epoch": run.epoch,
         "lr": run.optimizer.lr,
-        "train_loss": loss_sum / max(loss_n, 1),
+        "train_loss": fig.loss_sum / max(fig.loss_n, 1),
         "seconds": round(seconds, 3),
-        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        "tokens_per_s": round(fig.tokens / seconds, 1) if seconds > 0 else None,
     }
 
 

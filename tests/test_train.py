@@ -255,3 +255,106 @@ def test_a_malformed_checkpoint_is_a_model_file_error(data, tmp_path):
     with pytest.raises(ModelFileError, match=f"malformed .*{name} has shape"):
         train(train_ids, valid_ids, vocab, small_config(epochs=2), out, resume=broken,
               progress=Silent())  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- bookkeeping
+
+
+class FakeClock:
+    """A monotonic clock that advances one second per trained window (Progress.update is
+    called once per window), so time limits and rates are exact and deterministic."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class Ticking(Silent):
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.clock = clock
+
+    def update(self, *args) -> None:
+        self.clock.now += 1.0
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    import importlib
+    import time
+    import types
+
+    # the module (rnnlm_engine.train is the function train once the package is imported)
+    train_module = importlib.import_module("rnnlm_engine.train")
+    c = FakeClock()
+    fake = types.SimpleNamespace(monotonic=c.monotonic, strftime=time.strftime, gmtime=time.gmtime)
+    monkeypatch.setattr(train_module, "time", fake)
+    return c
+
+
+def epoch_tokens(train_ids, config) -> int:
+    return (batchify(train_ids, config.batch_size).shape[0] - 1) * config.batch_size
+
+
+def test_mid_epoch_checkpoints_do_not_leak_into_the_next_epoch(data, tmp_path, clock):
+    vocab, train_ids, valid_ids = data
+    plain = train(train_ids, valid_ids, vocab, small_config(), tmp_path / "a.rnnlm",
+                  progress=Ticking(clock))  # fmt: skip
+    # a checkpoint after every window (0.01 minutes = 0.6 fake seconds)
+    config = small_config(checkpoint_every=0.01)
+    busy = train(train_ids, valid_ids, vocab, config, tmp_path / "b.rnnlm",
+                 progress=Ticking(clock))  # fmt: skip
+    n_windows = len(range(0, batchify(train_ids, 4).shape[0] - 1, 9))
+    for p, b in zip(plain.history, busy.history, strict=True):
+        assert b["train_loss"] == p["train_loss"]
+        assert b["seconds"] == p["seconds"] == n_windows  # one fake second a window
+        assert b["tokens_per_s"] == round(epoch_tokens(train_ids, config) / n_windows, 1)
+    # the checkpoint written at an epoch's end holds the next epoch's empty figures
+    values = modelfile.load(tmp_path / "b.rnnlm.ckpt").training["values"]
+    assert values["window"] == 0 and values["epoch_stats"] == [0, 0.0, 0, 0.0]
+
+
+def test_max_time_is_the_budget_of_each_invocation(data, tmp_path, clock):
+    vocab, train_ids, valid_ids = data
+    out, ckpt = tmp_path / "m.rnnlm", tmp_path / "m.rnnlm.ckpt"
+    config = small_config(epochs=1, max_time=5.0)
+    first = train(train_ids, valid_ids, vocab, config, out, progress=Ticking(clock))
+    assert first.stopped == "max_time"
+    assert modelfile.load(ckpt).training["values"]["window"] == 5
+    # resumed with the same limit: five more windows, not none
+    again = train(train_ids, valid_ids, vocab, config, out, resume=ckpt, progress=Ticking(clock))
+    assert again.stopped == "max_time"
+    values = modelfile.load(ckpt).training["values"]
+    assert values["window"] == 10
+    assert values["epoch_stats"][0] == 10 * 9 * 4  # tokens of both sessions' windows
+    assert values["spent_s"] == 10.0  # the run's whole training time is still recorded
+    partial = [e for e in again.history if e.get("partial")]
+    assert len(partial) == 2 and partial[0]["train_loss"] != partial[1]["train_loss"]
+    # resumed without a limit: the rest of the epoch, whatever the earlier sessions took
+    rest = train(train_ids, valid_ids, vocab, small_config(epochs=1), out, resume=ckpt,
+                 progress=Ticking(clock))  # fmt: skip
+    assert rest.stopped == "done" and not rest.history[-1].get("partial")
+
+
+def test_a_rollback_does_not_count_the_replayed_windows_twice(data, tmp_path, monkeypatch):
+    vocab, train_ids, valid_ids = data
+    seen: list[tuple[float, int]] = []
+    real = Model.loss_and_grad
+
+    def flaky(self, inputs, *args, **kwargs):
+        loss, grads, state = real(self, inputs, *args, **kwargs)
+        seen.append((loss, inputs.size))
+        return (math.nan if len(seen) == 5 else loss), grads, state
+
+    monkeypatch.setattr(Model, "loss_and_grad", flaky)
+    result = train(train_ids, valid_ids, vocab, small_config(epochs=1), tmp_path / "m",
+                   progress=Silent())  # fmt: skip
+    n_windows = len(range(0, batchify(train_ids, 4).shape[0] - 1, 9))
+    kept = seen[-n_windows:]  # the epoch replayed from its start after the rollback
+    assert len(seen) == n_windows + 5
+    loss_sum = 0.0
+    for loss, size in kept:
+        loss_sum += loss * size
+    assert result.history[0]["train_loss"] == loss_sum / sum(size for _, size in kept)
