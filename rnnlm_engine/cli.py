@@ -48,6 +48,20 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _lr_decay(text: str) -> float:
+    """The factor the learning rate is multiplied by: F in (0, 1] as given, and F > 1 as
+    1/F, the word_language_model habit (its lr /= 4.0 is --lr-decay 4, that is 0.25)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number (a factor in (0, 1], or a divisor above 1); got {text!r}"
+        )
+    return value if value <= 1.0 else 1.0 / value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="rnnlm", description="rnnlm-engine: recurrent language models on Numba kernels"
@@ -92,7 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-range", type=float, default=0.1)
     t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     t.add_argument("--lr", type=float, default=None, help="default: 20 (sgd), 0.002 (adam)")
-    t.add_argument("--lr-decay", type=float, default=0.25)
+    t.add_argument(
+        "--lr-decay",
+        type=_lr_decay,
+        default=0.25,
+        metavar="F",
+        help="multiply the lr by F in (0, 1] on a plateau (or per --decay-start); F > 1 "
+        "divides it, as word_language_model's lr /= 4 (4 is 0.25). Default 0.25",
+    )
     t.add_argument(
         "--decay-start",
         type=int,
@@ -102,7 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--clip", type=float, default=0.25, help="global gradient norm (0: off)")
     t.add_argument("--epochs", type=int, default=None, help="default 40 (resume: as before)")
-    t.add_argument("--max-time", type=_seconds, default=None, metavar="DURATION")
+    t.add_argument(
+        "--max-time",
+        type=_seconds,
+        default=None,
+        metavar="DURATION",
+        help="stop this invocation after DURATION of training (90s, 10m, 2h), checkpoint and "
+        "validate; --resume with --max-time trains that much more, without it: no limit",
+    )
     t.add_argument("--batch-size", type=int, default=20)
     t.add_argument("--bptt", type=int, default=35)
     t.add_argument("--seed", type=int, default=1)
@@ -474,16 +502,42 @@ def _info_lines(info: dict):
     else:
         yield "vocabulary", f"{cfg.get('vocab_size'):,} ids (no vocabulary stored)"
     yield "parameters", f"{info.get('parameters', 0):,}"
+    # metadata is any plain msgpack value the file's writer chose: show what is there
     meta = info.get("metadata", {})
     for key in ("valid_loss", "valid_ppl", "valid_bpc"):
         if key in meta:
-            yield key.replace("_", " "), f"{meta[key]:.4f}"
+            yield key.replace("_", " "), _number(meta[key], "{:.4f}")
     if "epochs_completed" in meta:
-        yield "epochs", meta["epochs_completed"]
+        yield "epochs", _number(meta["epochs_completed"], "{}")
     for key in ("engine", "created"):
         if key in meta:
-            yield key, meta[key]
+            value = meta[key]
+            yield key, _shown(value) if isinstance(value, str) else _repr_cut(value)
     yield "training state", "yes (a checkpoint)" if info.get("training") else "no"
+
+
+def _number(value, fmt: str) -> str:
+    """A metadata figure formatted, or what is there instead, said to be no number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return fmt.format(value)
+    return f"{_repr_cut(value)} (not a number)"
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """A metadata string on one line of the terminal: control characters escaped, cut."""
+    text = text if text.isprintable() else repr(text)[1:-1]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _repr_cut(value) -> str:
+    """A short repr of any plain value, however large or deep."""
+    import reprlib
+
+    r = reprlib.Repr()  # (keyword arguments need Python 3.12)
+    r.maxstring = r.maxother = r.maxlong = 40
+    r.maxlist = r.maxdict = 4
+    r.maxlevel = 2
+    return r.repr(value)
 
 
 # ---------------------------------------------------------------------------- demo

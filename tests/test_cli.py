@@ -205,3 +205,52 @@ def test_info_of_a_vocabulary_without_its_token_list(tmp_path, capsys):
     code, text, err = run(["info", tmp_path / "m"], capsys)
     assert code == 0, err
     assert "tokens not listed (x)" in text
+
+
+def test_info_shows_metadata_that_is_not_a_number_instead_of_crashing(tmp_path, capsys):
+    from rnnlm_engine import ModelConfig
+    from rnnlm_engine.modelfile import save
+
+    config = ModelConfig("rnn", 5, 3, 3, 1)
+    rng = np.random.default_rng(0)
+    tensors = {n: rng.random(s, dtype=np.float32) for n, s in config.parameter_shapes().items()}
+    metadata = {
+        "valid_loss": "oops",
+        "valid_ppl": [1, 2],
+        "valid_bpc": None,
+        "epochs_completed": {"a": 1},
+        "engine": b"\x00" * 500,
+        "created": "a\nb" * 50,
+    }
+    save(tmp_path / "m", config=config, tensors=tensors, metadata=metadata)
+    code, text, err = run(["info", tmp_path / "m"], capsys)
+    assert code == 0, err
+    assert "'oops' (not a number)" in text and "[1, 2] (not a number)" in text
+    assert "None (not a number)" in text and "{'a': 1} (not a number)" in text
+    assert max(len(line) for line in text.splitlines()) < 120  # long values are cut
+    # one line each for file, format, model, vocabulary, parameters, the three figures,
+    # epochs, engine, created and training state: a newline in a value stays on its line
+    assert len(text.splitlines()) == 12
+    code, text, err = run(["info", tmp_path / "m", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(text)["metadata"]["valid_loss"] == "oops"
+
+
+@pytest.mark.parametrize("given, factor", [("0.5", 0.5), ("1", 1.0), ("4", 0.25)])
+def test_lr_decay_is_a_factor_or_word_language_models_divisor(given, factor, corpus, tmp_path,
+                                                               capsys):  # fmt: skip
+    out = tmp_path / "m.rnnlm"
+    argv = ["train", "--train", corpus, "--out", out, *TRAIN, "--epochs", "1"]
+    code, _, err = run([*argv, "--lr-decay", given], capsys)
+    assert code == 0, err
+    assert load(out).metadata["train_config"]["lr_decay"] == factor
+    # resuming with the same habit is the same setting, not a change
+    code, _, err = run(["train", "--out", out, "--resume", f"{out}.ckpt", "--epochs", "2",
+                        "--lr-decay", given, "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("given", ["0", "-4", "nan", "inf", "fast"])
+def test_lr_decay_refuses_what_is_no_factor(given, corpus, capsys):
+    code, _, err = run(["train", "--train", corpus, "--out", "x", "--lr-decay", given], capsys)
+    assert code == 2 and "--lr-decay" in err and len(err.strip().splitlines()) == 1
