@@ -410,20 +410,21 @@ class Model:
 
     def score(
         self,
-        lines_or_path,
+        text_lines_or_path,
         mode: str = "sentence",
         per_token: bool = False,
         batch_size: int = 64,
         errors: str = "strict",
     ):
-        """Score text: an iterable of lines (str) or a path to a UTF-8 file. mode
-        "sentence" scores each line from a fresh state, "corpus" carries the state across
-        lines (see rnnlm_engine.scoring). Returns an iterator of LineScore (log-probability
-        in nats, tokens, OOV count; per-token log-probs and OOV flags if per_token), with
-        running totals in its ``total`` (tokens, logprob, perplexity)."""
+        """Score text: a str (a sentence, or lines separated by "\\n"), an iterable of
+        lines (str), or a pathlib.Path to a UTF-8 file (a str is always text, never a file
+        name). mode "sentence" scores each line from a fresh state, "corpus" carries the
+        state across lines (see rnnlm_engine.scoring). Returns an iterator of LineScore
+        (log-probability in nats, tokens, OOV count; per-token log-probs and OOV flags if
+        per_token), with running totals in its ``total`` (tokens, logprob, perplexity)."""
         from .scoring import score
 
-        return score(self, lines_or_path, mode, per_token, batch_size, errors)
+        return score(self, text_lines_or_path, mode, per_token, batch_size, errors)
 
     def stream(self):
         """A new Stream: feed tokens one at a time, get next-token probabilities."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +92,10 @@ class Scoring:
 
 
 def score(model, source, mode="sentence", per_token=False, batch_size=64, errors="strict"):
-    """Score lines (an iterable of str, or a path to a UTF-8 file) with model; see module
-    docstring. Returns a Scoring iterator of LineScore with running totals."""
+    """Score text with model (see the module docstring): source is a str (a sentence, or
+    lines separated by "\\n"), an iterable of lines (str), or a pathlib.Path (any
+    os.PathLike) to a UTF-8 file. Returns a Scoring iterator of LineScore with running
+    totals."""
     if model.vocab is None:
         raise InputError("scoring text needs a model with a vocabulary (load one from a file)")
     if mode not in MODES:
@@ -105,12 +109,37 @@ def score(model, source, mode="sentence", per_token=False, batch_size=64, errors
 
 
 def _read_lines(source, errors: str) -> Iterator[str]:
-    if isinstance(source, str | Path):
+    """The lines of a source: a str is text (one sentence, or lines separated by "\\n"), a
+    path object (pathlib.Path, os.PathLike) is a UTF-8 file, any other iterable gives
+    lines. A str is never taken for a file name: that would make a sentence such as "a b"
+    mean a file whenever one of that name exists."""
+    if isinstance(source, str):
+        if "\n" not in source and source.strip() and os.path.isfile(source):
+            warnings.warn(
+                f"scoring the text {source!r}, not the file of that name: pass "
+                f"pathlib.Path({source!r}) to score the file",
+                stacklevel=4,
+            )
+        lines = source.split("\n")
+        if len(lines) > 1 and lines[-1] == "":  # a final "\n" ends the last line
+            lines.pop()
+        return iter(lines)
+    if isinstance(source, os.PathLike):
         path = Path(source)
         if not path.is_file():
             raise InputError(f"{path}: no such file")
         return _file_lines(path, errors)
-    return iter(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        raise InputError(
+            "score text as str (decode bytes first) or a file as a pathlib.Path; got bytes"
+        )
+    try:
+        return iter(source)
+    except TypeError:
+        raise InputError(
+            "score a str (a sentence or lines), a list of lines or a pathlib.Path to a file; "
+            f"got {type(source).__name__}"
+        ) from None
 
 
 def _file_lines(path: Path, errors: str) -> Iterator[str]:
@@ -194,16 +223,18 @@ def _score_group(model, group, start):
     B = len(group)
     if start is None:  # no boundary token: each line's first token is context only
         seqs = [ids for _, ids, _ in group]
-        if min(len(s) for s in seqs) == 0:
-            raise InputError("an empty line has nothing to score without a line-end token")
-        T = max(len(s) for s in seqs) - 1
-        inputs = np.zeros((max(T, 1), B), np.int64)
-        targets = np.zeros((max(T, 1), B), np.int64)
+        T = max(max(len(s) for s in seqs) - 1, 1)
+        inputs = np.zeros((T, B), np.int64)
+        targets = np.zeros((T, B), np.int64)
         for b, s in enumerate(seqs):
             inputs[: len(s) - 1, b] = s[:-1]
             targets[: len(s) - 1, b] = s[1:]
         lps, _ = model.token_logprobs(inputs, targets)
-        return [np.concatenate([[np.nan], lps[: len(s) - 1, b]]) for b, s in enumerate(seqs)]
+        # an empty line is an empty sentence: nothing to score, no context either
+        return [
+            np.concatenate([[np.nan], lps[: len(s) - 1, b]]) if len(s) else lps[:0, b]
+            for b, s in enumerate(seqs)
+        ]
     T = max(len(ids) for _, ids, _ in group)
     inputs = np.full((T, B), start, np.int64)
     targets = np.full((T, B), start, np.int64)

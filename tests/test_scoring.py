@@ -4,6 +4,8 @@ equal lines; OOV counting; errors."""
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,7 +107,11 @@ def test_bad_arguments():
     with pytest.raises(InputError, match="mode must be one of"):
         model.score(LINES, mode="paragraph")
     with pytest.raises(InputError, match="no such file"):
-        model.score("/no/such/file.txt")
+        model.score(Path("/no/such/file.txt"))
+    with pytest.raises(InputError, match="got bytes"):
+        model.score(b"the cat")
+    with pytest.raises(InputError, match="got int"):
+        model.score(5)
     with pytest.raises(InputError, match="batch_size"):
         model.score(LINES, batch_size=0)
     config = ModelConfig("rnn", 5, 3, 3, 1)
@@ -135,3 +141,47 @@ def test_corpus_mode_with_empty_lines_and_no_line_end_token():
     model = Model.from_state_dict(sd, cell="rnn", vocab=vocab)
     results = list(model.score(["", "abc", ""], mode="corpus"))
     assert [r.tokens for r in results] == [0, 2, 0]
+
+
+def test_a_string_is_text_never_a_file_name(tmp_path, monkeypatch):
+    _, _, model = word_model()
+
+    def scored(source, **kw):
+        return [(r.line, r.logprob, r.tokens) for r in model.score(source, **kw)]
+
+    for mode in ("sentence", "corpus"):
+        assert scored("the cat sat", mode=mode) == scored(["the cat sat"], mode=mode)
+        assert scored(TEXT, mode=mode) == scored(LINES, mode=mode)  # "\n" ends each line
+        assert scored("the cat\nsat", mode=mode) == scored(["the cat", "sat"], mode=mode)
+    (empty,) = scored("")  # the empty sentence: only its line end is predicted
+    assert empty[2] == 1
+    # a string that names a file is still text, with a warning that says how to get the file
+    (tmp_path / "cat").write_text("the dog sat\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match=r"pass pathlib.Path\('cat'\) to score the file"):
+        assert scored("cat") == scored(["cat"])
+    assert scored(Path("cat")) == scored(["the dog sat"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning for text that names no file
+        scored("the cat")
+
+
+def test_empty_lines_score_as_empty_sentences_without_a_line_end_token(tmp_path):
+    vocab = Vocabulary.build("abcab", "char")  # no "\n" in the vocabulary
+    config = ModelConfig("rnn", len(vocab), 3, 3, 1)
+    rng = np.random.default_rng(0)
+    sd = {
+        n: rng.uniform(-0.5, 0.5, s).astype(np.float32)
+        for n, s in config.parameter_shapes().items()
+    }
+    model = Model.from_state_dict(sd, cell="rnn", vocab=vocab)
+    path = tmp_path / "t.txt"
+    path.write_text("\nabc\n\nb\n", encoding="utf-8")
+    for source in (path, ["", "abc", "", "b"]):
+        results = list(model.score(source, batch_size=2, per_token=True))
+        assert [r.tokens for r in results] == [0, 2, 0, 0]
+        assert [r.logprob for r in results][::2] == [0.0, 0.0]
+        assert len(results[0].token_logprobs) == 0 and len(results[3].token_logprobs) == 1
+        # the line with tokens scores as it does alone
+        (alone,) = list(model.score(["abc"]))
+        assert results[1].logprob == pytest.approx(alone.logprob, abs=1e-6)
