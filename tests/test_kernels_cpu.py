@@ -291,6 +291,80 @@ def test_decode_xent_recomputes_a_block_far_above_the_running_max():
     np.testing.assert_allclose(nll, want, rtol=1e-6, atol=1e-5)
 
 
+# ---------------------------------------------------------------------------- long sums
+# Sums over a large vocabulary or over many rows end in float64 (bench/sum_precision.py).
+# The cases make the terms equal, so that a float32 running sum rounds every addition the
+# same way and its error grows with the count instead of averaging out. With the former
+# float32 sums: the log-normaliser of V=100,000 off by 4.6e-5 nats (48 ulps), 9.3e-4 in
+# decode_xent; the decoder bias over 20,000 rows off by 1.9e-4 of its terms' magnitude;
+# column_sums (numpy's float32 sum over axis 0) by up to 2e-4 relative.
+
+LONG_SOFTMAX_KERNELS = [
+    "log_softmax", "stream softmax", "xent_forward", "xent_forward_backward", "decode_xent",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel", LONG_SOFTMAX_KERNELS)
+def test_log_normaliser_of_a_large_vocabulary_is_summed_in_float64(kernel):
+    N, V = 64, 100_000
+    logits = np.full((N, V), -0.1, np.float32)
+    logits[:, 0] = 0.0  # the row max: the other V - 1 terms are all exp(-0.1)
+    bias = np.zeros(V, np.float32)
+    targets = np.arange(N) * 997 % V
+    shift = shifted(logits, bias, 0.0)
+    l64 = logits.astype(np.float64)
+    if kernel in ("log_softmax", "stream softmax"):
+        got = poisoned((N, V))
+        if kernel == "log_softmax":
+            kc.log_softmax(logits, bias, shift, got)
+        else:  # the streaming step's row softmax (stream_step's last stage)
+            kc._jit._log_softmax_serial(logits, got)
+        want = oracle.log_softmax(l64)
+    else:
+        got = poisoned(N)
+        if kernel == "xent_forward":
+            kc.xent_forward(logits, bias, targets, shift, got)
+        elif kernel == "xent_forward_backward":
+            kc.xent_forward_backward(logits.copy(), bias, targets, shift, 1 / N, got, poisoned(V))
+        else:  # the logits as the product of ones (N, 1) with them (V, 1): exact
+            w_dec = np.ascontiguousarray(logits[0][:, None])
+            kc.decode_xent(np.ones((N, 1), np.float32), w_dec, bias, targets, got, scratch())
+        want = oracle.xent_forward(l64, 0.0, targets)
+    # The log-normaliser is 11.4 (a float32 ulp: 9.5e-7). Left: the rounding of the result
+    # (half an ulp), the exp's error (under 2e-7 relative, here the same for every term)
+    # and the float32 sums within chunks of 1024 terms (~1e-7): under 2e-6.
+    assert np.max(np.abs(got - want)) < 2e-6
+
+
+def test_bias_gradient_over_many_rows_is_summed_in_float64():
+    N = 20_000
+    logits = np.tile(np.array([0.0, -0.1, -0.2, -3.0, 1.5], np.float32), (N, 1))
+    bias = np.zeros(5, np.float32)
+    targets = np.arange(N) % 3  # columns 0-2 cancel partly; 3 and 4 are sums of p alone
+    dbias = poisoned(5)
+    shift = shifted(logits, bias, 0.0)
+    kc.xent_forward_backward(logits.copy(), bias, targets, shift, 1 / N, poisoned(N), dbias)
+    l64 = logits.astype(np.float64)
+    _, want, want_dbias = oracle.xent_forward_backward(l64, 0.0, targets, 1 / N)
+    magnitude = np.abs(want).sum(axis=0)
+    # every term is a float32 product (half an ulp) of an exp (2e-7), the same in every row,
+    # so these errors add up to under 3e-7 of the magnitude; the kernel's float32 sums of
+    # 16 rows add under 7.5 u (4.5e-7) and its float64 sum and rounding half an ulp more.
+    # Measured: 1.4e-7 at most (the float32 sum over all rows: 1.9e-4).
+    assert np.max(np.abs(dbias - want_dbias) / magnitude) < 1e-6
+
+
+def test_column_sums_are_summed_in_float64():
+    N = 20_000
+    a = np.tile(np.array([0.1, -0.3, 1 / 3, 1.0, 7e-5], np.float32), (N, 1))
+    a[1::2, 3] = -1.0  # a column that cancels to 0 exactly
+    # every partial sum of a column is exact in float64 (24-bit terms, all equal in
+    # magnitude, fewer than 2^15 of them: 39 bits of 53), so the result must be the
+    # float32 rounding of the exact sum
+    want = a.astype(np.float64).sum(axis=0).astype(np.float32)
+    np.testing.assert_array_equal(kc.column_sums(a), want)
+
+
 # ---------------------------------------------------------------------------- optimizer
 
 

@@ -141,8 +141,10 @@ def thaw(a):
 
 
 def column_sums(a):
-    """(N, G) -> (G,): the sum over rows (a bias gradient)."""
-    return np.sum(a, axis=0)
+    """(N, G) -> a new (G,): the sum over rows (a bias gradient), in float64 (_jit.py)."""
+    out = np.empty(a.shape[1], np.float32)
+    _jit.column_sums(a, out)
+    return out
 
 
 # The largest spread of the bias for which rowmax(logits) + max(bias) may serve as the
@@ -211,18 +213,20 @@ def decode_xent(
     # flat buffers, so that the views of a shorter last row block stay contiguous
     top_t = work("xent_top_t", (H * rows,))
     buf = work("xent_logits_t", (vb * rows,))
-    state = work("xent_state", (5, rows))  # m, s, target logit, block max, s before block
+    state = work("xent_state", (4, rows))  # m, target logit, block max, partial sum
+    sums = np.empty((2, rows))  # float64: s, s before the block (see _jit.xent_block)
     for r0 in range(0, N, rows):
         r1 = min(N, r0 + rows)
         n = r1 - r0
         tt = top_t[: H * n].reshape(H, n)
         tt[...] = top[r0:r1].T
-        m, s, tl, bm, sb = (a[:n] for a in state)
+        m, tl, bm, part = (a[:n] for a in state)
+        s, sb = (a[:n] for a in sums)
         for v0 in range(0, V, vb):
             v1 = min(V, v0 + vb)
             block = buf[: (v1 - v0) * n].reshape(v1 - v0, n)
             np.matmul(w_dec[v0:v1], tt, out=block)
-            _jit.xent_block(block, bias, v0, targets[r0:r1], m, s, tl, bm, sb)
+            _jit.xent_block(block, bias, v0, targets[r0:r1], m, s, tl, bm, sb, part)
         _jit.xent_finish(m, s, tl, nll[r0:r1])
 
 

@@ -101,6 +101,23 @@ def embedding_backward(ids, dout, dweight):
         dweight[ids[n], :] += dout[n, :]
 
 
+# ---------------------------------------------------------------------------- row sums
+
+
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
+def column_sums(a, out):
+    """out (G,) = the sum over the rows of a (N, G), accumulated in float64: a bias
+    gradient over T*B rows (numpy's float32 sum along axis 0 adds one row after another,
+    and was off by a median of 26 ulps for N=20,000; bench/sum_precision.py)."""
+    N, G = a.shape
+    acc = np.zeros(G, np.float64)
+    for n in range(N):
+        for g in range(G):
+            acc[g] += np.float64(a[n, g])
+    for g in range(G):
+        out[g] = acc[g]
+
+
 # ---------------------------------------------------------------------------- cell steps
 # One time step of each cell, element-wise, after the caller has computed the recurrent
 # product hp = h_prev @ w_hh^T (B, G) with BLAS. xp (B, G) is this step's input projection.
@@ -219,8 +236,42 @@ def lstm_step_backward(dh_out, dh_rec, dc, c_prev, c, acts, dgates):
 # the sum, at least exp(-40), keeps full float32 precision (the terms that _exp clamps at
 # exp(-87) add at most V e^-87, under 1e-17 of it). The result does not depend on the
 # choice; see row_shift in __init__.py for how the CPU backend picks it cheaply.
+# Sums over the vocabulary and over the rows end in float64 (bench/sum_precision.py; the
+# figures in bench/RESULTS.md): with float32 sums, log-normalisers over V=100,000 were off
+# by up to 6.7x the float32 rounding of the result (64x in decode_xent), and the bias
+# gradient over 20,000 rows by up to 1,100 u of its terms' magnitude. A sum of exps runs
+# in float32 within chunks of 1024 terms (LLVM vectorizes it into 16 partial sums, two
+# 8-lane vectors, of 64 terms each), then in float64 across chunks: as fast as the
+# float32 sum (a float64 one, converting each exp, took 2.2x as long) and within the
+# float32 rounding of the result.
+# The bias gradient likewise: float32 within 16 rows, float64 across them.
 # The decoder bias is added here, on the fly, instead of in a separate pass over the
 # (N, V) logits (a 28 MB array for N=700, V=10000: one pass costs milliseconds).
+
+
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy", inline="always")
+def _sum_exp(row, bias, m, store):
+    """sum_j exp(row[j] + bias[j] - m) over row, bias (V,), as a float64 (see above);
+    bias None: no bias; with store (a literal), row[j] becomes its exp too."""
+    V = row.shape[0]
+    chunk = 1024  # a constant trip count: a variable one made the loop 8% slower
+    full = V - V % chunk
+    s = 0.0
+    for j0 in range(0, full, chunk):
+        c = np.float32(0.0)
+        for j in range(j0, j0 + chunk):
+            e = _exp((row[j] if bias is None else row[j] + bias[j]) - m)
+            if store:
+                row[j] = e
+            c += e
+        s += np.float64(c)
+    c = np.float32(0.0)
+    for j in range(full, V):
+        e = _exp((row[j] if bias is None else row[j] + bias[j]) - m)
+        if store:
+            row[j] = e
+        c += e
+    return s + np.float64(c)
 
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
@@ -270,12 +321,10 @@ def log_softmax(logits, bias, shift, out):
     N, V = logits.shape
     for n in range(N):
         m = shift[n]
-        s = np.float32(0.0)
+        s = _sum_exp(logits[n], bias, m, False)  # exp(x - max): never overflows
+        lse = np.float64(m) + np.log(s)
         for j in range(V):
-            s += _exp(logits[n, j] + bias[j] - m)  # subtract the row max: exp() would overflow
-        lse = m + np.log(s)
-        for j in range(V):
-            out[n, j] = logits[n, j] + bias[j] - lse
+            out[n, j] = np.float32(np.float64(logits[n, j] + bias[j]) - lse)
 
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
@@ -284,49 +333,56 @@ def xent_forward(logits, bias, targets, shift, nll):
     N, V = logits.shape
     for n in range(N):
         m = shift[n]
-        s = np.float32(0.0)
-        for j in range(V):
-            s += _exp(logits[n, j] + bias[j] - m)
+        s = _sum_exp(logits[n], bias, m, False)
         t = targets[n]
-        nll[n] = m + np.log(s) - (logits[n, t] + bias[t])
+        nll[n] = np.float64(m) + np.log(s) - np.float64(logits[n, t] + bias[t])
 
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
 def xent_forward_backward(logits, bias, targets, shift, scale, nll, dbias):
     """nll (N,) as xent_forward; then, in place, logits (N, V) becomes the gradient of
     scale * sum(nll) with respect to the logits, scale * (softmax - onehot(target)), and
-    dbias (V,) its column sums (the gradient of the bias).
+    dbias (V,) its column sums (the gradient of the bias), summed in float64 (in float32
+    within groups of 16 rows).
 
     In place rather than into a second argument: Numba lets LLVM assume that the array
     arguments of a prange body do not alias, and passing one array twice gave wrong
     results (measured); one array cannot alias itself.
     """
     N, V = logits.shape
-    dbias[:] = 0.0
+    acc = np.zeros(V, np.float64)  # dbias
+    # the softmax part of up to 16 rows, summed in float32, then added to acc: a float64
+    # addition per element made the kernel 14% slower at V=100,000 (acc outgrows L2)
+    part = np.zeros(V, np.float32)
     for n in range(N):
         m = shift[n]
         t = targets[n]
         target_logit = logits[n, t] + bias[t]
-        s = np.float32(0.0)
-        for j in range(V):
-            e = _exp(logits[n, j] + bias[j] - m)
-            logits[n, j] = e
-            s += e
-        nll[n] = m + np.log(s) - target_logit
-        k = np.float32(scale) / s
+        s = _sum_exp(logits[n], bias, m, True)  # the row becomes its exps
+        nll[n] = np.float64(m) + np.log(s) - np.float64(target_logit)
+        k = np.float32(scale / s)
         for j in range(V):
             g = logits[n, j] * k
             logits[n, j] = g
-            dbias[j] += g
+            part[j] += g
         logits[n, t] -= np.float32(scale)
-        dbias[t] -= np.float32(scale)
+        acc[t] -= scale
+        if n % 16 == 15 or n == N - 1:
+            for j in range(V):
+                acc[j] += np.float64(part[j])
+                part[j] = 0.0
+    for j in range(V):
+        dbias[j] = acc[j]
 
 
 # Scoring in vocabulary blocks (see decode_xent in __init__.py): logits_t (Vb, N) holds
 # the logits of vocabulary rows v0 : v0 + Vb for all N positions, transposed, so that the
 # per-position running max and sum are updated by loops over contiguous positions (plain
 # vector loads, no reductions) while the block is still in cache. m (N,) is each
-# position's running max of logit + bias, s (N,) its sum of exp(logit + bias - m).
+# position's running max of logit + bias, s (N,) its sum of exp(logit + bias - m), in
+# float64 (as s_before; the other arrays are float32). The block's terms are summed in
+# float32 into part (N,), which goes into s every 64 vocabulary rows: float64 in the
+# sweep itself made the whole scoring pass 16% slower (V=10,000, N=700).
 # A block's terms are taken relative to the max of the blocks before it (the first block
 # sets it), so one pass reads each logit once; a position whose block max exceeds that
 # by more than RESCALE_LIMIT (exp would lose range: V e^60 still fits in float32) is
@@ -335,7 +391,7 @@ RESCALE_LIMIT = 60.0
 
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
-def xent_block(logits_t, bias, v0, targets, m, s, target_logit, block_max, s_before):
+def xent_block(logits_t, bias, v0, targets, m, s, target_logit, block_max, s_before, part):
     Vb, N = logits_t.shape
     ninf = np.float32(-np.inf)
     if v0 == 0:
@@ -350,7 +406,8 @@ def xent_block(logits_t, bias, v0, targets, m, s, target_logit, block_max, s_bef
     for n in range(N):
         block_max[n] = ninf
         s_before[n] = s[n]
-    # four vocabulary rows per sweep: a quarter of the loads and stores of s and block_max
+        part[n] = 0.0
+    # four vocabulary rows per sweep: a quarter of the loads and stores of part and block_max
     # (2.0 ms against 2.3 ms per 7M logits)
     V4 = Vb - Vb % 4
     for v in range(0, V4, 4):
@@ -359,28 +416,35 @@ def xent_block(logits_t, bias, v0, targets, m, s, target_logit, block_max, s_bef
         for n in range(N):
             mn = m[n]
             x0, x1, x2, x3 = r0[n] + b0, r1[n] + b1, r2[n] + b2, r3[n] + b3
-            s[n] += (_exp(x0 - mn) + _exp(x1 - mn)) + (_exp(x2 - mn) + _exp(x3 - mn))
+            part[n] += (_exp(x0 - mn) + _exp(x1 - mn)) + (_exp(x2 - mn) + _exp(x3 - mn))
             x01 = x0 if x0 > x1 else x1
             x23 = x2 if x2 > x3 else x3
             x = x01 if x01 > x23 else x23
             block_max[n] = x if x > block_max[n] else block_max[n]
+        if v % 64 == 60:  # 16 sweeps summed in float32: into the float64 sums
+            for n in range(N):
+                s[n] += np.float64(part[n])
+                part[n] = 0.0
     for v in range(V4, Vb):
         bv = bias[v0 + v]
         for n in range(N):
             x = logits_t[v, n] + bv
-            s[n] += _exp(x - m[n])
+            part[n] += _exp(x - m[n])
             block_max[n] = x if x > block_max[n] else block_max[n]
     limit = np.float32(RESCALE_LIMIT)
     for n in range(N):
+        s[n] += np.float64(part[n])
         bm = block_max[n]
+        # the rescaling factors are float64 exps (libm, one per position and block at
+        # most): a float32 _exp's 2e-7 would enter the sum once per rescaling
         if bm > m[n] + limit:  # rare: redo this position's block relative to its new max
-            acc = np.float32(0.0)
+            acc = 0.0
             for v in range(Vb):
-                acc += _exp(logits_t[v, n] + bias[v0 + v] - bm)
-            s[n] = s_before[n] * _exp(m[n] - bm) + acc
+                acc += np.float64(_exp(logits_t[v, n] + bias[v0 + v] - bm))
+            s[n] = s_before[n] * np.exp(np.float64(m[n]) - np.float64(bm)) + acc
             m[n] = bm
         elif bm > m[n]:
-            s[n] *= _exp(m[n] - bm)
+            s[n] *= np.exp(np.float64(m[n]) - np.float64(bm))
             m[n] = bm
         t = targets[n] - v0
         if t >= 0 and t < Vb:
@@ -391,7 +455,7 @@ def xent_block(logits_t, bias, v0, targets, m, s, target_logit, block_max, s_bef
 def xent_finish(m, s, target_logit, nll):
     """nll (N,) = m + log(s) - target_logit: the end of the blocked scoring pass."""
     for n in range(nll.shape[0]):
-        nll[n] = m[n] + np.log(s[n]) - target_logit[n]
+        nll[n] = np.float64(m[n]) + np.log(s[n]) - np.float64(target_logit[n])
 
 
 # ---------------------------------------------------------------------------- streaming
@@ -513,12 +577,10 @@ def _log_softmax_row(logits, out):
     """out (V,) = log_softmax(logits (V,))."""
     V = logits.shape[0]
     m = _max(logits)
-    s = np.float32(0.0)
+    s = _sum_exp(logits, None, m, False)
+    lse = np.float64(m) + np.log(s)
     for v in range(V):
-        s += _exp(logits[v] - m)
-    lse = m + np.log(s)
-    for v in range(V):
-        out[v] = logits[v] - lse
+        out[v] = np.float32(np.float64(logits[v]) - lse)
 
 
 @njit(parallel=True, fastmath=True, nogil=True, cache=True, error_model="numpy")

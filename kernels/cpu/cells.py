@@ -86,7 +86,7 @@ def _accumulate_dw_hh(dgrad, h0, hs, dw_hh, db_hh):
     np.matmul(dgrad[0].T, h0, out=dw_hh)
     if T > 1:
         dw_hh += dgrad[1:].reshape((T - 1) * B, G).T @ hs[:-1].reshape((T - 1) * B, H)
-    np.sum(dgrad.reshape(T * B, G), axis=0, out=db_hh)
+    _jit.column_sums(dgrad.reshape(T * B, G), db_hh)  # in float64: T*B may be 20,000
 
 
 def rnn_forward(xproj, w_hh, b_hh, h0, c0, hs, cs, acts):
