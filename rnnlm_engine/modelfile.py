@@ -2,8 +2,10 @@
 optional training state, written atomically and validated completely when read.
 
 A model file is hostile input until proven otherwise. ``load`` reads the whole file (at
-most ``max_bytes``), checks the magic bytes, the declared lengths and the SHA-256 digest,
-unpacks the msgpack header with bounded lengths, then checks every key, dtype, shape and
+most ``max_bytes``), checks the magic bytes, the declared lengths (the header's at most
+``max_header_bytes``) and the SHA-256 digest, counts what unpacking the msgpack header
+would allocate (at most HEADER_MEMORY_FACTOR x its size), unpacks it with bounded
+lengths, then checks every key, dtype, shape and
 offset, and that every float is finite, in the fixed order given in docs/FORMAT.md. Any
 defect raises one ``ModelFileError`` naming the file and the defect. Nothing is executed
 (no pickle), and the parameter arrays handed out are read-only float32 views of the bytes
@@ -25,6 +27,7 @@ import contextlib
 import hashlib
 import math
 import os
+import re
 import reprlib
 import secrets
 import stat
@@ -49,6 +52,12 @@ DTYPE = "<f4"  # the only tensor dtype of format 1.x
 
 DEFAULT_MAX_BYTES = 8 << 30  # load() refuses larger files unless told otherwise
 MAX_HEADER_BYTES = 64 << 20  # msgpack header: config, vocabulary, metadata, tensor index
+DEFAULT_MAX_HEADER_BYTES = 16 << 20  # load() refuses larger headers unless told otherwise
+# unpacking a header of H bytes may take at most HEADER_MEMORY_FACTOR x H +
+# HEADER_MEMORY_SLACK bytes of Python objects, counted before anything is unpacked (a
+# 1M-word vocabulary takes about 7 x its bytes; 1-byte empty lists would take 64 x)
+HEADER_MEMORY_FACTOR = 24
+HEADER_MEMORY_SLACK = 1 << 20
 MAX_VOCAB_SIZE = 100_000_000
 MAX_WIDTH = 1 << 20  # emb_size and hidden_size
 MAX_LAYERS = 256
@@ -345,29 +354,47 @@ def _fsync_directory(directory: str) -> None:
 # ---------------------------------------------------------------------------- load
 
 
-def load(path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelFile:
+def load(
+    path,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> ModelFile:
     """Read and validate a model file (str or os.PathLike).
 
-    max_bytes: larger files are refused before reading; lower it for files from untrusted
-    sources (loading needs about the file's size in memory, plus up to 64x the header's
-    size while a hostile header is unpacked).
+    max_bytes: larger files are refused before reading (default 8 GiB); lower it for
+    files from untrusted sources. max_header_bytes: files whose msgpack header (config,
+    vocabulary, metadata, training values) is larger are refused before it is unpacked
+    (default 16 MiB, room for a vocabulary of about 1.5 million words; the format allows
+    up to MAX_HEADER_BYTES, 64 MiB): raise it for a trusted file with a larger vocabulary.
+
+    Memory: loading a file of N bytes with a header of H bytes takes the N bytes read
+    (the arrays are views of them) plus at most HEADER_MEMORY_FACTOR x H + 1 MiB (24 x H)
+    for the header's Python objects, counted before they are made: a header that would
+    take more is refused. So at most 25 x N + 1 MiB, whatever the bytes.
 
     Returns a ModelFile whose arrays are read-only float32 views of the bytes read.
     Raises ModelFileError naming the file and its first defect, in the order of
-    docs/FORMAT.md ("Checks").
+    docs/FORMAT.md ("Checks"); ValueError for a max_bytes or max_header_bytes that is not
+    a non-negative int.
     """
-    return _load(path, max_bytes)[0]
+    return _load(path, max_bytes, max_header_bytes)[0]
 
 
-def read_info(path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
+def read_info(
+    path,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> dict:
     """A summary of a model file for ``rnnlm info``, after validating all of it.
 
     Keys: path, file_size, format, version (major, minor), config (dict), parameters
     (count), vocab ({"kind", "size"} or None; size is None if the vocabulary holds no token
     list), metadata, training (True when the file holds training state).
-    Raises ModelFileError as ``load`` does.
+    Raises ModelFileError as ``load`` does (and takes its limits).
     """
-    f, size = _load(path, max_bytes)
+    f, size = _load(path, max_bytes, max_header_bytes)
     vocab = None
     if f.vocab is not None:
         kind, tokens = f.vocab.get("kind"), f.vocab.get("tokens")
@@ -388,13 +415,14 @@ def read_info(path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     }
 
 
-def _load(path, max_bytes: int) -> tuple[ModelFile, int]:
+def _load(path, max_bytes: int, max_header_bytes: int) -> tuple[ModelFile, int]:
     shown = os.fsdecode(os.fspath(path))
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-        raise ValueError(f"max_bytes must be a non-negative int; got {max_bytes!r}")
+    for name, value in (("max_bytes", max_bytes), ("max_header_bytes", max_header_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int; got {value!r}")
     blob = _read(shown, max_bytes)
-    header_len, data_start, data_len = _check_envelope(shown, blob)
-    header = _unpack_header(shown, memoryview(blob)[PREAMBLE.size : PREAMBLE.size + header_len])
+    header_len, data_start, data_len = _check_envelope(shown, blob, max_header_bytes)
+    header = _unpack_header(shown, blob, header_len)
     if not _zeros(blob, PREAMBLE.size + header_len, data_start):
         raise _error(shown, "corrupt: the padding after the header is not zero")
     return _parse(shown, blob, header, data_start, data_len), len(blob)
@@ -431,8 +459,9 @@ def _read(shown: str, max_bytes: int) -> bytes:
     return blob
 
 
-def _check_envelope(shown: str, blob: bytes) -> tuple[int, int, int]:
-    """Magic, declared lengths against the file size, digest: (H, data start, N)."""
+def _check_envelope(shown: str, blob: bytes, max_header_bytes: int) -> tuple[int, int, int]:
+    """Magic, declared lengths against the file size and limits, digest: (H, data start,
+    N)."""
     size = len(blob)
     if size == 0:
         raise _error(shown, "not an rnnlm-engine model file: the file is empty")
@@ -448,6 +477,13 @@ def _check_envelope(shown: str, blob: bytes) -> tuple[int, int, int]:
     _, header_len, data_len = PREAMBLE.unpack_from(blob)
     if not 0 < header_len <= MAX_HEADER_BYTES:
         raise _error(shown, f"corrupt: header length {header_len} is outside 1..{MAX_HEADER_BYTES}")
+    if header_len > max_header_bytes:
+        raise _error(
+            shown,
+            f"the header (config, vocabulary, metadata) is {header_len} bytes, more than "
+            f"max_header_bytes={max_header_bytes}; pass max_header_bytes={header_len} (or "
+            "more) to load() if you trust the file",
+        )
     data_start = _align(PREAMBLE.size + header_len)
     expected = data_start + data_len + DIGEST_SIZE
     if size < expected:
@@ -470,8 +506,19 @@ def _check_envelope(shown: str, blob: bytes) -> tuple[int, int, int]:
     return header_len, data_start, data_len
 
 
-def _unpack_header(shown: str, header: memoryview):
-    n = len(header)
+def _unpack_header(shown: str, blob: bytes, header_len: int):
+    """The header's msgpack map, unpacked with bounded lengths once _header_memory has
+    counted that its objects take at most HEADER_MEMORY_FACTOR x its size + 1 MiB."""
+    n = header_len
+    limit = HEADER_MEMORY_FACTOR * n + HEADER_MEMORY_SLACK
+    if _header_memory(blob, PREAMBLE.size, PREAMBLE.size + n, limit) > limit:
+        raise _error(
+            shown,
+            f"corrupt header: unpacking its {n} bytes would take more than {limit} bytes "
+            f"of memory ({HEADER_MEMORY_FACTOR} x its size + {HEADER_MEMORY_SLACK}); it "
+            "holds implausibly many tiny values, unlike any file rnnlm-engine writes",
+        )
+    header = memoryview(blob)[PREAMBLE.size : PREAMBLE.size + n]
     try:
         return msgpack.unpackb(
             header,
@@ -494,6 +541,107 @@ def _unpack_header(shown: str, header: memoryview):
         raise _error(shown, "corrupt header: not valid msgpack") from None
     except Exception as e:  # msgpack raises ValueError, TypeError, UnicodeDecodeError...
         raise _error(shown, f"corrupt header: {type(e).__name__}: {_cut(str(e))}") from None
+
+
+# What msgpack.unpackb's objects take, in bytes, as _header_memory charges them: upper
+# bounds of CPython 3.11's sizes (measured with tracemalloc; the tests check them)
+_SLOT = 8  # a reference to an object, in a list
+_LIST = 64  # a list, besides its slots (msgpack allocates them all at its header)
+_DICT = 240  # a dict ...
+_DICT_ENTRY = 112  # ... and per entry: its table as it grows, and the interned str key
+_BIG_INT = 40  # an int outside -5..256 (those are shared, as are None, True and False)
+_FLOAT = 32  # 24, and about 1 byte more each, measured in lists of a million
+_STR = 56  # an ASCII str of 2 or more characters, besides 1 byte a character
+_WIDE_STR = 76  # any other str, besides 4 bytes per byte of its UTF-8 (at most 4 x (bytes - 1))
+_BYTES = 40  # a bytes object, besides its length
+_STACK_DEPTH = 1024  # msgpack refuses a container inside this many open ones
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+
+
+def _header_memory(blob: bytes, start: int, end: int, limit: int) -> int:
+    """An upper bound of the bytes that unpacking blob[start:end] as _unpack_header does
+    allocates, counted by walking the msgpack without making its objects, and returned as
+    soon as it passes limit. The walk stops where msgpack.unpackb would stop with an error
+    (bad or truncated data, an extension type, a length over its bounds, too deep), so the
+    count so far bounds what unpackb allocates before it fails; and after the first
+    object (unpackb then refuses extra bytes). Itself it takes O(1) memory."""
+    size = end - start
+    pos, total, pending, stack = start, 0, 1, []  # pending: objects left in the container
+    search = _NON_ASCII.search
+    while total <= limit:
+        if not pending:
+            if not stack:
+                break  # the first object is complete
+            pending = stack.pop()
+            continue
+        if pos >= end:
+            break  # truncated
+        b = blob[pos]
+        pending -= 1
+        if b < 0x80:  # positive fixint: a shared small int
+            pos += 1
+        elif b >= 0xE0:  # negative fixint: -5..-1 are shared, -32..-6 are not
+            pos += 1
+            total += _BIG_INT if b < 0xFB else 0
+        elif 0xA0 <= b <= 0xBF or 0xD9 <= b <= 0xDB:  # str
+            if b <= 0xBF:
+                length, pos = b & 0x1F, pos + 1
+            else:
+                width = 1 << (b - 0xD9)
+                length = int.from_bytes(blob[pos + 1 : pos + 1 + width], "big")
+                pos += 1 + width
+            if pos + length > end:
+                break
+            if length < 2:  # "" and 1-character ASCII strs are shared (others fail)
+                pass
+            elif search(blob, pos, pos + length) is None:
+                total += _STR + length
+            else:  # at most 4 bytes a character, fewer characters than bytes
+                total += _WIDE_STR + 4 * length
+            pos += length
+        elif b <= 0x9F or 0xDC <= b <= 0xDF:  # map or array
+            if b <= 0x9F:
+                count, is_map, pos = b & 0x0F, b <= 0x8F, pos + 1
+            else:
+                width = 2 if b in (0xDC, 0xDE) else 4
+                if pos + 1 + width > end:
+                    break
+                count = int.from_bytes(blob[pos + 1 : pos + 1 + width], "big")
+                is_map, pos = b >= 0xDE, pos + 1 + width
+            if is_map:
+                if count > size // 2:  # unpackb's max_map_len
+                    break
+                total += _DICT + _DICT_ENTRY * count
+                count *= 2
+            else:
+                if count > size:  # unpackb's max_array_len
+                    break
+                total += _LIST + _SLOT * count
+            if len(stack) >= _STACK_DEPTH:
+                break
+            if count:
+                stack.append(pending)
+                pending = count
+        elif b in (0xC0, 0xC2, 0xC3):  # nil, false, true
+            pos += 1
+        elif b == 0xCC:  # uint8: a shared small int
+            pos += 2
+        elif 0xCD <= b <= 0xD3:  # uint16..64, int8..64
+            pos += 1 + (1 << (b - 0xCC if b <= 0xCF else b - 0xD0))
+            total += _BIG_INT
+        elif b in (0xCA, 0xCB):  # float32, float64: both become a Python float
+            pos += 5 if b == 0xCA else 9
+            total += _FLOAT
+        elif 0xC4 <= b <= 0xC6:  # bin
+            width = 1 << (b - 0xC4)
+            length = int.from_bytes(blob[pos + 1 : pos + 1 + width], "big")
+            pos += 1 + width + length
+            if pos > end:
+                break
+            total += _BYTES + length
+        else:  # 0xC1 (never used) and the extension types, which unpackb refuses
+            break
+    return total
 
 
 def _parse(shown: str, blob: bytes, header, data_start: int, data_len: int) -> ModelFile:
@@ -765,40 +913,65 @@ def _plain_problem(root, label: str) -> str | None:
     """What makes root not plain msgpack data (None, bool, 64-bit int, float, str, bytes,
     lists and dicts with str keys, nested at most MAX_DEPTH deep), or None if it is.
 
-    Iterative: a hostile file may nest up to msgpack's limit of 1024 levels, deeper than
-    Python's recursion limit."""
-    stack = [(root, label, 0)]
-    while stack:
-        obj, where, depth = stack.pop()
+    Iterative, depth first with one iterator per open container: a hostile file may nest
+    up to msgpack's limit of 1024 levels, deeper than Python's recursion limit, and its
+    memory grows with the nesting, never with the number of values (a label is made only
+    for the problem found)."""
+    lo, hi = _INT_RANGE
+    path: list = []  # the keys from root down to the container being walked
+
+    def where(*last) -> str:
+        return label + "".join(f"[{_repr.repr(key)}]" for key in (*path, *last))
+
+    def leaf_problem(obj, *last) -> str | None:
+        if isinstance(obj, int) and not isinstance(obj, bool):
+            if lo <= obj < hi:
+                return None
+            return f"{where(*last)} is {_repr.repr(obj)}, outside the 64-bit range msgpack stores"
+        if isinstance(obj, _PLAIN_LEAVES):
+            return None
+        return (
+            f"{where(*last)} has type {type(obj).__module__}.{type(obj).__qualname__}, which "
+            "a model file cannot store (only None, bool, int, float, str, bytes, lists and "
+            "dicts with str keys)"
+        )
+
+    def items(obj):  # (key, value) pairs of a container, or None for a leaf
         if isinstance(obj, dict):
-            items = obj.items()
-            for key in obj:
-                if not isinstance(key, str):
-                    return f"{where} has the key {_repr.repr(key)}; keys must be str"
-        elif isinstance(obj, list) or type(obj) is tuple:  # not msgpack.ExtType, a namedtuple
-            items = enumerate(obj)
-        elif isinstance(obj, int) and not isinstance(obj, bool):
-            if not _INT_RANGE[0] <= obj < _INT_RANGE[1]:
-                return f"{where} is {_repr.repr(obj)}, outside the 64-bit range msgpack stores"
-            continue
-        elif isinstance(obj, _PLAIN_LEAVES):
-            continue
-        else:
-            return (
-                f"{where} has type {type(obj).__module__}.{type(obj).__qualname__}, which a "
-                "model file cannot store (only None, bool, int, float, str, bytes, lists and "
-                "dicts with str keys)"
-            )
-        if depth >= MAX_DEPTH:
-            return f"{label} is nested more than {MAX_DEPTH} levels deep"
-        lo, hi = _INT_RANGE
-        for key, value in items:
+            return iter(obj.items())
+        if isinstance(obj, list) or type(obj) is tuple:  # not msgpack.ExtType, a namedtuple
+            return enumerate(obj)
+        return None
+
+    top = items(root)
+    if top is None:
+        return leaf_problem(root)
+    stack = [(top, isinstance(root, dict))]
+    while stack:
+        pairs, keyed = stack[-1]
+        for key, value in pairs:
+            if keyed and not isinstance(key, str):
+                return f"{where()} has the key {_repr.repr(key)}; keys must be str"
             t = type(value)
             if t is str or t is float or t is bool or value is None or t is bytes:
-                continue  # the common leaves, without building a label for each
+                continue  # the common leaves, quickly
             if t is int and lo <= value < hi:
                 continue
-            stack.append((value, f"{where}[{_repr.repr(key)}]", depth + 1))
+            inner = items(value)
+            if inner is None:
+                problem = leaf_problem(value, key)
+                if problem:
+                    return problem
+                continue
+            if len(stack) >= MAX_DEPTH:
+                return f"{label} is nested more than {MAX_DEPTH} levels deep"
+            path.append(key)
+            stack.append((inner, isinstance(value, dict)))
+            break  # walk the inner container first; this one's iterator resumes after
+        else:
+            stack.pop()
+            if path:
+                path.pop()
     return None
 
 

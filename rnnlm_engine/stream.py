@@ -12,99 +12,14 @@ from __future__ import annotations
 
 import threading
 import weakref
+from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import msgpack
 import numpy as np
 
 from .errors import InputError, VocabularyError
 from .model import State
-
-SNAPSHOT_FORMAT = "rnnlm-engine stream state"
-SNAPSHOT_VERSION = 1
-# a snapshot's bytes are bounded like a model file's header: nothing unbounded is unpacked
-_MAX_SNAPSHOT_BYTES = 1 << 30
-
-
-@dataclass(frozen=True, eq=False)
-class Snapshot:
-    """An immutable copy of a Stream's state: the recurrent state, the log-probabilities
-    of the next token (None before the first token), and every token fed so far.
-
-    ``to_bytes()`` / ``Snapshot.from_bytes()`` serialise it (msgpack, versioned);
-    ``Stream.restore`` refuses a snapshot of another model."""
-
-    model: str  # the model's fingerprint
-    h: np.ndarray  # (L, H) float32, read-only
-    c: np.ndarray | None
-    logprobs: np.ndarray | None  # (V,) float32, read-only
-    tokens: tuple[int, ...]
-    version: int = SNAPSHOT_VERSION
-
-    def to_bytes(self) -> bytes:
-        def blob(a):
-            return None if a is None else np.ascontiguousarray(a, "<f4").tobytes()
-
-        return msgpack.packb(
-            {
-                "format": SNAPSHOT_FORMAT,
-                "version": self.version,
-                "model": self.model,
-                "shape": list(self.h.shape),
-                "vocab": None if self.logprobs is None else int(self.logprobs.shape[0]),
-                "h": blob(self.h),
-                "c": blob(self.c),
-                "logprobs": blob(self.logprobs),
-                "tokens": list(self.tokens),
-            },
-            use_bin_type=True,
-        )
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Snapshot:
-        """Raises InputError naming the defect for anything but a valid snapshot."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise InputError(f"a snapshot is bytes; got {type(data).__name__}")
-        if len(data) > _MAX_SNAPSHOT_BYTES:
-            raise InputError("snapshot too large")
-        try:
-            n = len(data)  # nothing inside can be longer than the whole
-            d = msgpack.unpackb(
-                bytes(data), raw=False, strict_map_key=True, max_bin_len=n, max_str_len=n,
-                max_array_len=n, max_map_len=64, max_ext_len=0,
-            )  # fmt: skip
-        except Exception as e:  # msgpack raises several types on bad bytes
-            raise InputError(f"not a stream snapshot ({type(e).__name__})") from None
-        if not isinstance(d, dict) or d.get("format") != SNAPSHOT_FORMAT:
-            raise InputError("not a stream snapshot")
-        if d.get("version") != SNAPSHOT_VERSION:
-            raise InputError(
-                f"stream snapshot version {d.get('version')!r}; this engine reads version "
-                f"{SNAPSHOT_VERSION}"
-            )
-        try:
-            L, H = (int(x) for x in d["shape"])
-            vocab = d["vocab"]
-            tokens = tuple(int(t) for t in d["tokens"])
-            model = str(d["model"])
-
-            def array(key, shape):
-                b = d[key]
-                if b is None:
-                    return None
-                a = np.frombuffer(b, "<f4").reshape(shape).astype(np.float32)
-                a.flags.writeable = False
-                return a
-
-            h = array("h", (L, H))
-            c = array("c", (L, H))
-            logprobs = array("logprobs", (int(vocab),)) if vocab is not None else None
-        except Exception as e:
-            raise InputError(f"malformed stream snapshot ({type(e).__name__}: {e})") from None
-        if h is None or any(t < 0 for t in tokens):
-            raise InputError("malformed stream snapshot")
-        return cls(model, h, c, logprobs, tokens)
+from .snapshot import DEFAULT_MAX_SNAPSHOT_TOKENS, Snapshot
 
 
 class Stream:
@@ -115,6 +30,9 @@ class Stream:
         self._vocab = model.vocab
         self._V = model.config.vocab_size
         self._rng = np.random.default_rng()
+        # every id fed, 4 bytes each (a Python list took about 36): int32 unless an id of
+        # this vocabulary needs more
+        self._token_type = "i" if self._V <= 1 << 31 else "q"
         self._shared = None  # (_SharedRows, weakref) while the prediction is a batch's row
         self.reset()
 
@@ -132,7 +50,7 @@ class Stream:
         # device array until something reads them (generate samples on the device and
         # copies back only the drawn id)
         self._logprobs = None
-        self._tokens: list[int] = []
+        self._tokens = array(self._token_type)
 
     def snapshot(self) -> Snapshot:
         def frozen(a):
@@ -147,13 +65,19 @@ class Stream:
             frozen(self._h)[:, 0],
             None if self._c is None else frozen(self._c)[:, 0],
             frozen(None if self._logprobs is None else self._current()),
-            tuple(self._tokens),
+            _frozen(np.frombuffer(self._tokens, self._token_dtype()).copy()),
         )
 
-    def restore(self, snapshot: Snapshot | bytes) -> None:
-        """Continue from a snapshot of a stream of this same model."""
+    def restore(
+        self, snapshot: Snapshot | bytes, max_tokens: int = DEFAULT_MAX_SNAPSHOT_TOKENS
+    ) -> None:
+        """Continue from a snapshot of a stream of this same model: a Snapshot, or bytes
+        of Snapshot.to_bytes() read with ``Snapshot.from_bytes(snapshot, max_tokens)``
+        (which refuses more than max_tokens tokens, 2**24 by default, and bounds the
+        memory that reading hostile bytes takes). Raises InputError; a failed restore
+        leaves the stream as it was."""
         if not isinstance(snapshot, Snapshot):
-            snapshot = Snapshot.from_bytes(snapshot)
+            snapshot = Snapshot.from_bytes(snapshot, max_tokens)
         if snapshot.model != self._model.fingerprint():
             raise InputError(
                 "this snapshot comes from another model (its weights or config differ); "
@@ -169,16 +93,19 @@ class Stream:
         for name, a in (("h", snapshot.h), ("c", snapshot.c), ("logprobs", snapshot.logprobs)):
             if a is not None and not np.all(np.isfinite(a)):
                 raise InputError(f"the snapshot's {name} contains NaN or infinity")
-        if any(t >= c.vocab_size for t in snapshot.tokens):
+        ids = snapshot.token_ids
+        if ids.size and ids.max() >= c.vocab_size:
             raise InputError("the snapshot's tokens do not fit this model's vocabulary")
         self._model._check_state_magnitude(snapshot.h[:, None, :])
+        tokens = array(self._token_type)  # a copy, 4 bytes a token
+        tokens.frombytes(memoryview(np.ascontiguousarray(ids, self._token_dtype())).cast("B"))
         k = self._model._k
         self._let_go()
         self._h = k.to_device(np.array(snapshot.h[:, None, :]))
         self._c = None if snapshot.c is None else k.to_device(np.array(snapshot.c[:, None, :]))
         # a copy: a Snapshot built by hand may share its array
         self._logprobs = None if snapshot.logprobs is None else _read_only(snapshot.logprobs)
-        self._tokens = list(snapshot.tokens)
+        self._tokens = tokens
 
     def fork(self) -> Stream:
         """An independent copy of this stream (for another thread, or another branch)."""
@@ -190,6 +117,9 @@ class Stream:
     def tokens(self) -> tuple[int, ...]:
         """Ids of every token fed so far."""
         return tuple(self._tokens)
+
+    def _token_dtype(self) -> type:
+        return np.intc if self._token_type == "i" else np.longlong
 
     # ------------------------------------------------------------------ feeding
 

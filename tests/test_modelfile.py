@@ -16,18 +16,28 @@ import subprocess
 import sys
 import textwrap
 import time
+import tracemalloc
 from pathlib import Path
 
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from rnnlm_engine import modelfile
 from rnnlm_engine.config import ModelConfig
 from rnnlm_engine.errors import ConfigError, ModelFileError, ParameterError, VocabularyError
-from rnnlm_engine.modelfile import FORMAT_NAME, FORMAT_VERSION, MAGIC, load, read_info, save
+from rnnlm_engine.modelfile import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HEADER_MEMORY_FACTOR,
+    HEADER_MEMORY_SLACK,
+    MAGIC,
+    load,
+    read_info,
+    save,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -800,6 +810,206 @@ def test_fuzz_absurd_sizes(tmp_path, base, name, key, value):
     table = header["tensors"] if name in header["tensors"] else header["training"]["tensors"]
     table[name][key] = value
     only_model_file_errors(tmp_path / "f", assemble(pack(header), section))
+
+
+# ---------------------------------------------------------------------------- memory
+# load() promises: a file of N bytes with a header of H bytes takes at most N (the bytes
+# read) + HEADER_MEMORY_FACTOR x H + HEADER_MEMORY_SLACK, whatever the bytes. These tests
+# measure the peak with tracemalloc on hostile headers of about 100 KB: before the bound,
+# 1-byte empty lists took 207 x the file's size (the unpacked lists, then a label each in
+# the plain-value check), tiny maps 215 x, negative fixints 41 x.
+
+# str keys that msgpack interns are interned here first: a new key can grow Python's table
+# of interned strings, a one-off cost of the interpreter that no input bound can include
+KEYS = [sys.intern(k) for k in ("", "a", "bb", "key", "epoch", "loss")]
+
+
+def peak_bytes(fn) -> tuple[int, object]:
+    """The most memory fn() held at once while it ran (tracemalloc), and its result or
+    the ModelFileError it raised."""
+    tracemalloc.start()  # counts what is allocated from now on
+    try:
+        try:
+            result = fn()
+        except ModelFileError as e:
+            result = e
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak, result
+
+
+def promised(blob: bytes) -> int:
+    """The most that load() may take for this file, by its docstring."""
+    header_len = struct.unpack_from("<Q", blob, 8)[0]
+    return len(blob) + HEADER_MEMORY_FACTOR * header_len + HEADER_MEMORY_SLACK
+
+
+def many_training_tensors(n: int):
+    """A builder: the base file with n more (empty) training tensors."""
+    entry = {"dtype": "<f4", "shape": [0], "offset": 0, "nbytes": 0}
+
+    def build(blob: bytes) -> bytes:
+        header, data = split(blob)
+        for i in range(n):
+            header["training"]["tensors"][f"optimizer.state.{i:08d}.exp_avg_sq"] = entry
+        return assemble(pack(header), data)
+
+    return build
+
+
+K = 100_000  # bytes of hostile values in each header
+HOSTILE_HEADERS = {
+    # name: (builder, refused for its memory)
+    "empty lists": (header_edit((("metadata", "x"), [[]] * K)), True),
+    "empty maps": (header_edit((("metadata", "x"), [{}] * K)), True),
+    "one-entry maps": (header_edit((("metadata", "x"), [{"": -20}] * (K // 3))), True),
+    "negative fixints": (header_edit((("metadata", "x"), [-20] * K)), True),
+    "nested empty lists": (header_edit((("metadata", "x"), [[[]]] * (K // 2))), True),
+    "1-char Cyrillic strs": (header_edit((("vocab", "tokens"), ["ж"] * (K * 6 // 10))), True),
+    "bin-keyed maps": (header_edit((("metadata", "x"), [{b"": None}] * (K // 4))), True),
+    "uint16 ints": (header_edit((("metadata", "x"), [1000] * (K // 3))), False),
+    "2-char strs": (header_edit((("vocab", "tokens"), ["ab"] * (K // 3))), False),
+    "floats in lists": (header_edit((("metadata", "x"), [[1.5]] * (K // 10))), False),
+    "float64s": (header_edit((("metadata", "x"), [0.1] * (K // 9))), False),
+    "training tensor index": (many_training_tensors(K // 80), False),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_HEADERS)
+def test_hostile_headers_stay_within_the_memory_bound(tmp_path, base, name):
+    build, refused = HOSTILE_HEADERS[name]
+    blob = build(base)
+    path = write(tmp_path, blob)
+    peak, result = peak_bytes(lambda: load(path))
+    assert peak <= promised(blob), (name, peak / len(blob))
+    if refused:
+        assert isinstance(result, ModelFileError), name
+        assert "implausibly many tiny values" in str(result) and str(path) in str(result)
+        assert peak < 2 * len(blob)  # counted, not unpacked
+    else:
+        assert isinstance(result, modelfile.ModelFile), result
+
+
+def word_vocabulary(n: int) -> list[str]:
+    rng = np.random.default_rng(5)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    lengths = rng.integers(2, 15, n)
+    return [f"{''.join(letters[rng.integers(0, 26, k)])}{i}" for i, k in enumerate(lengths)]
+
+
+LEGIT_HEADERS = {
+    "50k words": {"vocab": {"kind": "word", "tokens": word_vocabulary(50_000)}},
+    "20k CJK characters": {"vocab": {"kind": "char", "tokens": [chr(0x4E00 + i)
+                                                                for i in range(20_000)]}},
+    "history of 2000 epochs": {"metadata": {"history": [
+        {"epoch": i, "loss": 4.25, "valid_loss": 4.5, "seconds": 12.3, "lr": 2e-3}
+        for i in range(2000)
+    ]}},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", LEGIT_HEADERS)
+def test_large_legitimate_headers_load_within_the_bound(tmp_path, name):
+    kw = base_kwargs() | LEGIT_HEADERS[name]
+    save(tmp_path / "m", **kw)
+    blob = (tmp_path / "m").read_bytes()
+    peak, result = peak_bytes(lambda: load(tmp_path / "m"))
+    assert isinstance(result, modelfile.ModelFile), result
+    assert result.vocab == kw["vocab"] and result.metadata == kw["metadata"]
+    assert peak <= promised(blob)
+
+
+amplified_leaves = st.sampled_from(
+    [None, True, 0, 5, 200, -3, -20, 1000, 2**40, -(2**63), 2**64 - 1, 1.5, "", "a", "ab",
+     "é", "ж", "中", "😀", "word", "a" * 40 + "😀", b"", b"xy"]
+)  # fmt: skip
+amplified = st.recursive(
+    amplified_leaves,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(KEYS) | st.binary(max_size=3), inner, max_size=4)
+        # one value packed many times: as many objects once unpacked
+        | st.tuples(inner, st.sampled_from([2, 30, 1000, 4000])).map(lambda t: [t[0]] * t[1])
+    ),
+    max_leaves=12,
+)
+
+
+def packed_count(obj, seen=None) -> int:
+    """How many msgpack objects obj packs into (shared values counted every time)."""
+    seen = {} if seen is None else seen
+    if id(obj) not in seen:
+        if isinstance(obj, list):
+            seen[id(obj)] = 1 + sum(packed_count(x, seen) for x in obj)
+        elif isinstance(obj, dict):
+            seen[id(obj)] = 1 + sum(1 + packed_count(v, seen) for v in obj.values())
+        else:
+            seen[id(obj)] = 1
+    return seen[id(obj)]
+
+
+@settings(max_examples=min(settings().max_examples, 40))  # each unpacks up to 20,000 objects
+@given(value=amplified)
+def test_counted_header_memory_bounds_what_unpacking_takes(value):
+    """The count that load() checks before it unpacks a header is an upper bound of what
+    msgpack then allocates (give or take msgpack's own few hundred bytes)."""
+    assume(packed_count(value) <= 20_000)
+    packed = pack({"metadata": value})
+    n, blob = len(packed), b"\0" * 24 + packed
+    counted = modelfile._header_memory(blob, 24, 24 + n, 1 << 62)
+    for _ in range(2):  # the second: a first call can allocate caches
+        peak, _ = peak_bytes(lambda: modelfile._unpack_header("f", blob, n))
+    assert peak <= counted + 4096, (peak, counted, n)
+
+
+@pytest.mark.parametrize(
+    "header, fails",
+    [(b"\x91" * 1023 + b"\x90", False), (b"\x91" * 1024 + b"\x90", True),
+     (b"\x91" * 1024 + b"\x00", False), (b"\xdd\xff\xff\xff\xff", True),
+     (b"\xdc\x00\x10" + b"\x90" * 8, True), (b"\x92\xd9\x05abc", True),
+     (b"\x91\xa2\xc3\x28", True), (b"\x91\xc7\x01\x05x", True), (b"\x90\x90", True),
+     (b"\xdf\x7f\xff\xff\xff", True), (b"\x92\xc1\x90", True)],
+)  # fmt: skip
+def test_counting_follows_unpacking_to_its_limits(header, fails):
+    """As deep as msgpack goes and one more, truncated, oversized, invalid UTF-8, extension,
+    trailing or never-used bytes: the count covers what msgpack allocates before it ends or
+    fails, and the error is the usual one."""
+    n = len(header)
+    counted = modelfile._header_memory(header, 0, n, 1 << 62)
+    peak, result = peak_bytes(lambda: modelfile._unpack_header("f", b"\0" * 24 + header, n))
+    assert peak <= counted + 4096
+    assert isinstance(result, ModelFileError) == fails
+    if fails:
+        assert "corrupt header" in str(result)
+
+
+def test_headers_over_max_header_bytes_are_refused_unless_allowed(tmp_path, base):
+    path = write(tmp_path, base)
+    header_len = struct.unpack_from("<Q", base, 8)[0]
+    assert load(path, max_header_bytes=header_len).config == BASE_CONFIG
+    for fn in (load, read_info):
+        with pytest.raises(
+            ModelFileError,
+            match=rf"is {header_len} bytes, more than max_header_bytes={header_len - 1}; "
+            rf"pass max_header_bytes={header_len} \(or more\) to load\(\) if you trust",
+        ):
+            fn(path, max_header_bytes=header_len - 1)
+    with pytest.raises(ValueError, match="max_header_bytes"):
+        load(path, max_header_bytes=-1)
+    # the default: a header of 16 MiB + 1 (a format 1.0 file, valid up to 64 MiB) is
+    # refused before its checksum is computed, and loads when allowed
+    assert modelfile.DEFAULT_MAX_HEADER_BYTES == 16 << 20
+    kw, big_len = base_kwargs(), 1 << 20
+    kw["metadata"] = {"blob": bytes(big_len)}
+    for _ in range(2):  # grow the blob until the header is 16 MiB + 1 bytes
+        kw["metadata"]["blob"] = bytes(len(kw["metadata"]["blob"]) + (16 << 20) + 1 - big_len)
+        save(tmp_path / "big", **kw)
+        big_len = struct.unpack_from("<Q", (tmp_path / "big").read_bytes(), 8)[0]
+    assert big_len == (16 << 20) + 1
+    expect_error(tmp_path / "big", "more than max_header_bytes=16777216")
+    f = load(tmp_path / "big", max_header_bytes=big_len)
+    assert len(f.metadata["blob"]) == len(kw["metadata"]["blob"])
 
 
 # ---------------------------------------------------------------------------- save checks

@@ -5,17 +5,26 @@ input gets clear errors and leaves the stream unchanged."""
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
+import tracemalloc
 import zlib
 
+import msgpack
 import numpy as np
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from rnnlm_engine import InputError, Model, ModelConfig, VocabularyError, oracle
-from rnnlm_engine.stream import Snapshot
+from rnnlm_engine.snapshot import (
+    DEFAULT_MAX_SNAPSHOT_TOKENS,
+    SNAPSHOT_FORMAT,
+    SNAPSHOT_MEMORY_FACTOR,
+    Snapshot,
+)
 from rnnlm_engine.vocab import Vocabulary
 
 # one step: dot products of <= 64 terms and a log-softmax in float32, as Model.forward
@@ -440,3 +449,235 @@ def test_generate_stops_on_a_multi_word_stop_string():
     assert "<eos>" not in words  # two words on one line: the stop string is "w1 w2"
     stopped = list(model.stream().generate("a", max_tokens=6, seed=3, stop=" ".join(words)))
     assert stopped == free[:2]
+
+
+# ---------------------------------------------------------------------------- snapshots as
+# hostile input: a server restores its clients' snapshots. Reading N bytes may take at most
+# SNAPSHOT_MEMORY_FACTOR x N + 1 MiB; before, 1-byte tokens took 16.5 x (the 5 MB, 5
+# million tokens of issue 18: 82 MB), negative fixints 50 x, empty lists 65 x.
+
+
+def peak_bytes(fn) -> tuple[int, object]:
+    """The most memory fn() held at once while it ran (tracemalloc), and its result or
+    the InputError it raised."""
+    tracemalloc.start()  # counts what is allocated from now on
+    try:
+        try:
+            result = fn()
+        except InputError as e:
+            result = e
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak, result
+
+
+def snapshot_bytes(tokens, version: int = 1, **fields) -> bytes:
+    """Snapshot bytes laid out as the writer of that version does, fields replaced."""
+    d = {
+        "format": SNAPSHOT_FORMAT, "version": version, "model": "m", "shape": [1, 2],
+        "vocab": None, "h": bytes(8), "c": None, "logprobs": None, "tokens": tokens,
+    }  # fmt: skip
+    if version == 2:
+        d["token_dtype"] = "<i4"
+    d.update(fields)
+    return msgpack.packb(d, use_bin_type=True)
+
+
+def version_1_bytes(snap: Snapshot) -> bytes:
+    """What to_bytes() wrote before version 2 (tokens as a msgpack list of ints)."""
+    blob = lambda a: None if a is None else np.ascontiguousarray(a, "<f4").tobytes()  # noqa: E731
+    return msgpack.packb(
+        {
+            "format": SNAPSHOT_FORMAT, "version": 1, "model": snap.model,
+            "shape": list(snap.h.shape),
+            "vocab": None if snap.logprobs is None else int(snap.logprobs.shape[0]),
+            "h": blob(snap.h), "c": blob(snap.c), "logprobs": blob(snap.logprobs),
+            "tokens": list(snap.tokens),
+        },
+        use_bin_type=True,
+    )  # fmt: skip
+
+
+M = 1_000_000
+HOSTILE_SNAPSHOTS = {
+    # name: (bytes, refused)
+    "a million 1-byte tokens": (snapshot_bytes([5] * M), False),
+    "a million tokens, version 2": (snapshot_bytes(np.full(M, 5, "<i4").tobytes(), 2), False),
+    "negative fixints": (snapshot_bytes([-20] * M), True),
+    "empty lists as tokens": (snapshot_bytes([[]] * M), True),
+    "empty maps as tokens": (snapshot_bytes([{}] * M), True),
+    "float tokens": (snapshot_bytes([1.5] * (M // 9)), True),
+    "nil tokens": (snapshot_bytes([None] * M), True),
+    "2-char str tokens": (snapshot_bytes(["ab"] * (M // 3)), True),
+    "nested shape": (snapshot_bytes([], shape=[[]] * M), True),
+    "nested unknown field": (snapshot_bytes([], extra=[[[]] * 100] * (M // 101)), False),
+    "a million empty lists in h": (snapshot_bytes([], h=[[]] * M), True),
+    "a huge token count": (b"\x81\xa6tokens\xdd\x7f\xff\xff\xff" + b"\x00" * 100, True),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_SNAPSHOTS)
+def test_hostile_snapshots_stay_within_the_memory_bound(name):
+    data, refused = HOSTILE_SNAPSHOTS[name]
+    peak, result = peak_bytes(lambda: Snapshot.from_bytes(data))
+    assert peak <= SNAPSHOT_MEMORY_FACTOR * len(data) + (1 << 20), (name, peak / len(data))
+    assert isinstance(result, InputError) == refused, result
+    if refused:
+        assert peak <= 2 * len(data) + (1 << 16)  # refused while reading, never unpacked whole
+    else:
+        assert result.token_ids.size in (0, M) and not result.token_ids.flags.writeable
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_restoring_hostile_bytes_stays_within_the_memory_bound(version):
+    _, _, model = make_model("gru", 1, V=11, H=2)
+    s = model.stream()
+    s.feed([1, 2])
+    snap = Snapshot(s.snapshot().model, s.snapshot().h, None, None, np.full(M, 7))
+    data = snap.to_bytes() if version == 2 else version_1_bytes(snap)
+    t = model.stream()
+    peak, result = peak_bytes(lambda: t.restore(data))
+    assert result is None and len(t.tokens) == M
+    assert peak <= SNAPSHOT_MEMORY_FACTOR * len(data) + (1 << 20), peak / len(data)
+
+
+def test_a_restored_stream_keeps_its_tokens_in_4_bytes_each():
+    """A Python list of ids took 8 bytes a token (36 for ids above 256)."""
+    _, _, model = make_model("gru", 1, V=11, H=2)
+    s = model.stream()
+    s.feed([1])
+    snap = s.snapshot()
+    snap = Snapshot(snap.model, snap.h, snap.c, snap.logprobs, np.full(M, 7, np.int32))
+    t = model.stream()
+    tracemalloc.start()
+    try:
+        t.restore(snap)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held <= 4.25 * M + (1 << 16)  # the array keeps 1/16 of room to grow
+    assert t.tokens[:2] == (7, 7) and type(t.tokens) is tuple and type(t.tokens[0]) is int
+    t.feed(3)
+    assert len(t.tokens) == M + 1 and t.tokens[-1] == 3
+
+
+@pytest.mark.parametrize(
+    "tokens, message",
+    [([1.7, 2.2], "token 0 is 1.7, not a token id"), ([1, True], "token 1 is True"),
+     ([1, 2, None], "token 2 is None"), ([-1], "token 0 is -1"), (["3"], "token 0 is '3'"),
+     ([[1]], "token 0 is not a token id"), ([2**64 - 1], "token 0 is 18446744073709551615"),
+     ([1, 2**31, 2**63], "token 2 is 9223372036854775808")],
+)  # fmt: skip
+def test_snapshot_tokens_must_be_non_negative_ints(tokens, message):
+    """Before, [1.7, 2.2] silently became (1, 2)."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        Snapshot.from_bytes(snapshot_bytes(tokens))
+    with pytest.raises(InputError, match="token 1 is -3"):
+        Snapshot.from_bytes(snapshot_bytes(np.array([1, -3], "<i4").tobytes(), 2))
+    with pytest.raises(InputError, match="1-D sequence of int ids"):
+        Snapshot("m", np.zeros((1, 2), np.float32), None, None, [1.5])
+
+
+def test_max_tokens_refuses_longer_snapshots_before_reading_their_tokens():
+    data = snapshot_bytes([5] * 1000)
+    blob = snapshot_bytes(np.full(1000, 5, "<i4").tobytes(), 2)
+    for d in (data, blob):
+        assert len(Snapshot.from_bytes(d, max_tokens=1000).tokens) == 1000
+        with pytest.raises(InputError, match="holds 1000 tokens, more than max_tokens=999"):
+            Snapshot.from_bytes(d, max_tokens=999)
+    assert DEFAULT_MAX_SNAPSHOT_TOKENS == 1 << 24
+    with pytest.raises(InputError, match="more than max_tokens=16777216; pass a larger"):
+        Snapshot.from_bytes(b"\x81\xa6tokens\xdd\x01\x00\x00\x01" + b"\x00" * 100)
+    _, _, model = make_model("gru", 1, V=11, H=2)
+    s = model.stream()
+    s.feed([1, 2, 3])
+    with pytest.raises(InputError, match="max_tokens=2"):
+        model.stream().restore(s.snapshot().to_bytes(), max_tokens=2)
+    t = model.stream()
+    t.restore(s.snapshot().to_bytes(), max_tokens=3)
+    assert t.tokens == (1, 2, 3)
+
+
+def test_snapshots_are_written_in_version_2_and_version_1_still_loads():
+    _, _, model = make_model("lstm", 2, V=11)
+    s = model.stream()
+    s.feed([1, 2, 3, 10])
+    snap = s.snapshot()
+    fields = msgpack.unpackb(snap.to_bytes())
+    assert fields["version"] == 2 and snap.version == 2
+    assert fields["tokens"] == np.array([1, 2, 3, 10], "<i4").tobytes()
+    assert fields["token_dtype"] == "<i4"
+    for data in (snap.to_bytes(), version_1_bytes(snap)):
+        back = Snapshot.from_bytes(data)
+        assert back.tokens == (1, 2, 3, 10) and back.token_ids.dtype == np.int32
+        t = model.stream()
+        t.restore(data)
+        assert t.tokens == (1, 2, 3, 10)
+        np.testing.assert_array_equal(t.feed(4), s.feed(4))
+        s.restore(snap)
+    empty = model.stream().snapshot()
+    assert empty.tokens == () and Snapshot.from_bytes(empty.to_bytes()).tokens == ()
+    with pytest.raises(InputError, match="version 3, from a newer rnnlm-engine"):
+        Snapshot.from_bytes(snapshot_bytes([], 3))
+
+
+DELETE = object()
+
+
+@functools.cache
+def fuzz_stream():
+    """A model's stream that has seen three tokens (made once, on first use)."""
+    stream = make_model("lstm", 1, V=11, H=3)[2].stream()
+    stream.feed([1, 2, 3])
+    return stream
+
+
+snapshot_values = st.sampled_from(
+    [None, True, 0, 2, -1, 2**31, 2**64 - 1, 1.5, "", "m", b"", bytes(8), bytes(7), [], [1],
+     [1, 2], [2, 1], [[]], {}, {"a": 1}, [1.5], [None], "<i4", "<i8", ">i4", 1, 3]
+)  # fmt: skip
+snapshot_keys = st.sampled_from(
+    ["format", "version", "model", "shape", "vocab", "h", "c", "logprobs", "tokens",
+     "token_dtype", "other"]
+)  # fmt: skip
+
+
+@settings(max_examples=settings().max_examples * 3)
+@given(
+    version=st.sampled_from([1, 2]),
+    edits=st.lists(st.tuples(snapshot_keys, snapshot_values | st.just(DELETE)), max_size=3),
+    cut=st.none() | st.integers(0, 400),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), max_size=2),
+)
+def test_fuzz_snapshot_bytes(version, edits, cut, flips):
+    """Mutated snapshots: an InputError or a valid Snapshot, never another error, and
+    never more memory than the bound (here with a tighter constant: nothing large)."""
+    stream = fuzz_stream()
+    snap = stream.snapshot()
+    d = msgpack.unpackb(snap.to_bytes() if version == 2 else version_1_bytes(snap))
+    for key, value in edits:
+        if value is DELETE:
+            d.pop(key, None)
+        else:
+            d[key] = value
+    data = bytearray(msgpack.packb(d, use_bin_type=True))
+    for position, bit in flips:
+        data[position % len(data)] ^= 1 << bit
+    data = bytes(data[:cut] if cut is not None else data)
+    peak, result = peak_bytes(lambda: Snapshot.from_bytes(data))
+    assert peak <= SNAPSHOT_MEMORY_FACTOR * len(data) + (1 << 16)
+    if isinstance(result, Snapshot):
+        try:
+            stream._model.stream().restore(result)
+        except InputError:
+            pass
+
+
+@settings(max_examples=settings().max_examples * 3)
+@given(data=st.binary(max_size=300))
+def test_fuzz_random_snapshot_bytes(data):
+    try:
+        Snapshot.from_bytes(data)
+    except InputError:
+        pass
