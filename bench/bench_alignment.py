@@ -51,7 +51,8 @@ def step_args(model: Model, offset: int, keep: list) -> tuple:
 
     state = rng.uniform(-1, 1, (L, 1, H)).astype(np.float32)
     return (
-        _jit.STREAM_CELLS["lstm"], np.array([[3]], np.int64), w["table"], w["emb"], w["w_ih0"],
+        _jit.STREAM_CELLS["lstm"], np.zeros(L, np.uint8), np.array([[3]], np.int64), w["table"],
+        w["emb"], w["w_ih0"],
         w["w_ih"], w["b_ih"], w["w_hh"], w["b_hh"], w["w_dec"], w["b_dec"], new(state.shape, state),
         new(state.shape, state), new((L, 1, H)), new((L, 1, H)), new((1, G)), new((1, G)),
         new((1, V)), new((1, V)),

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     rows = [("Stream.feed([1]), whole", median_us(lambda: s.feed([1]), seconds))]
 
     # the pieces of Model._step, in its order
-    cell, weights = model._cached("stream_args", model._build_stream_args)
+    cell, residual, weights = model._cached("stream_args", model._build_stream_args)
     c0, gx, gh, logits = model._build_stream_scratch(1)
     h = k.to_device(np.zeros((L, 1, H), np.float32))
     shape = (L, 1, H)
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
 
     def launch(threads=None, blocks=None):
         k.stream_step(
-            cell, ids_d, *weights, h, c0, h_out, c_out, gx, gh, logits, out,
+            cell, residual, ids_d, *weights, h, c0, h_out, c_out, gx, gh, logits, out,
             threads=threads, blocks=blocks,
         )  # fmt: skip
 

@@ -5,6 +5,7 @@ through ``get_backend``. It provides, with the contracts documented in ``kernels
 
 - arrays: ``NAME``, ``empty``, ``zeros``, ``to_device``, ``to_device_aligned`` (for the
   parameters), ``to_host``, ``matmul(a, b, out=)``, ``multiply(a, b, out=)``,
+  ``add(a, b, out=)`` (out may be a),
   ``column_sums``, ``forward_layout`` (a layer matrix as the forward products want it);
 - embedding: ``embedding_forward``, ``embedding_backward``;
 - cells: ``CELL_FORWARD`` / ``CELL_BACKWARD`` (name -> function, also exported as

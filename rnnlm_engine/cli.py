@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, default=200)
     t.add_argument("--emb", type=int, default=None, help="embedding size (default: --hidden)")
     t.add_argument("--tied", action="store_true", help="tie encoder and decoder weights")
+    t.add_argument(
+        "--residual",
+        action="store_true",
+        help="residual connections: each layer's output adds its input (layers above the "
+        "first, and the first too when --emb equals --hidden)",
+    )
     t.add_argument("--dropout", type=float, default=0.0)
     t.add_argument("--init-range", type=float, default=0.1)
     t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
@@ -245,7 +251,7 @@ def _split(ids: np.ndarray, fraction: float):
 # checkpoint's (option name, TrainConfig field)
 _RUN_OPTIONS = [
     ("cell", "cell"), ("layers", "num_layers"), ("hidden", "hidden_size"),
-    ("emb", "emb_size"), ("tied", "tied"), ("dropout", "dropout"),
+    ("emb", "emb_size"), ("tied", "tied"), ("residual", "residual"), ("dropout", "dropout"),
     ("init_range", "init_range"), ("optimizer", "optimizer"), ("lr", "lr"),
     ("lr_decay", "lr_decay"), ("decay_start", "decay_start"), ("clip", "clip"),
     ("batch_size", "batch_size"), ("bptt", "bptt"), ("seed", "seed"),
@@ -313,6 +319,7 @@ def cmd_train(args) -> int:
             hidden_size=args.hidden,
             num_layers=args.layers,
             tied=args.tied,
+            residual=args.residual,
             dropout=args.dropout,
             init_range=args.init_range,
             optimizer=args.optimizer,
@@ -335,7 +342,8 @@ def cmd_train(args) -> int:
     progress.message(
         f"{len(train_ids):,} training and {len(valid_ids):,} validation tokens; "
         f"{vocab.kind} vocabulary of {len(vocab):,}; {config.cell} {config.num_layers} x "
-        f"{config.hidden_size}, {config.optimizer} lr {config.lr:g}"
+        f"{config.hidden_size}{' residual' if config.residual else ''}, {config.optimizer} lr "
+        f"{config.lr:g}"
     )
     cli_info = {
         "train": str(Path(args.train).resolve()),
@@ -491,7 +499,9 @@ def _info_lines(info: dict):
         "model",
         (
             f"{cfg.get('cell')} {cfg.get('num_layers')} x {cfg.get('hidden_size')}, "
-            f"embedding {cfg.get('emb_size')}" + (", tied" if cfg.get("tied") else "")
+            f"embedding {cfg.get('emb_size')}"
+            + (", tied" if cfg.get("tied") else "")
+            + (", residual" if cfg.get("residual") else "")
         ),
     )
     vocab = info.get("vocab")

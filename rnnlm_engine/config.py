@@ -18,6 +18,10 @@ class ModelConfig:
 
     Letters used throughout: V vocabulary, E embedding, H hidden, L layers, G gate rows
     (G = GATES[cell] * H).
+
+    residual: the output of layer l is its cell's h plus its input (the input the cell
+    reads, after dropout in training) for every layer l >= 1, and for layer 0 too when
+    emb_size == hidden_size (see ``residual_layers``). No parameters are added.
     """
 
     cell: str
@@ -26,6 +30,7 @@ class ModelConfig:
     hidden_size: int
     num_layers: int
     tied: bool = False
+    residual: bool = False
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -38,6 +43,8 @@ class ModelConfig:
             raise ConfigError(f"vocab_size must be at least 2; got {self.vocab_size}")
         if not isinstance(self.tied, bool):
             raise ConfigError(f"tied must be True or False; got {self.tied!r}")
+        if not isinstance(self.residual, bool):
+            raise ConfigError(f"residual must be True or False; got {self.residual!r}")
         if self.tied and self.emb_size != self.hidden_size:
             raise ConfigError(
                 f"tied weights need emb_size == hidden_size; got {self.emb_size} and "
@@ -51,6 +58,14 @@ class ModelConfig:
 
     def layer_input_size(self, layer: int) -> int:
         return self.emb_size if layer == 0 else self.hidden_size
+
+    @property
+    def residual_layers(self) -> tuple[bool, ...]:
+        """For each layer, whether its output adds its input (residual and sizes match)."""
+        return tuple(
+            self.residual and self.layer_input_size(k) == self.hidden_size
+            for k in range(self.num_layers)
+        )
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Name -> shape, exactly as in PyTorch word_language_model's RNNModel.state_dict().
@@ -78,11 +93,16 @@ class ModelConfig:
         return total
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings by name; residual only when set, so that a plain model's dict (its
+        file header, its fingerprint) is what it was before residual layers existed."""
+        d = asdict(self)
+        if not self.residual:
+            del d["residual"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        known = {"cell", "vocab_size", "emb_size", "hidden_size", "num_layers", "tied"}
+        known = {"cell", "vocab_size", "emb_size", "hidden_size", "num_layers", "tied", "residual"}
         missing = {"cell", "vocab_size", "emb_size", "hidden_size", "num_layers"} - set(d)
         if missing:
             raise ConfigError(f"config is missing {', '.join(sorted(missing))}")

@@ -137,11 +137,13 @@ class Model:
         tied: bool = False,
         backend: str | None = None,
         vocab=None,
+        residual: bool = False,
     ) -> Model:
         """Build a model from name -> array, PyTorch word_language_model names and shapes.
 
-        The sizes are read from the arrays; ``cell`` and ``tied`` cannot be. For a tied
-        model ``decoder.weight`` may be absent or equal to ``encoder.weight``.
+        The sizes are read from the arrays; ``cell``, ``tied`` and ``residual`` (see
+        ModelConfig) cannot be. For a tied model ``decoder.weight`` may be absent or equal
+        to ``encoder.weight``.
         Raises ConfigError or ParameterError naming what is missing or wrong.
         """
         if not isinstance(state_dict, dict):
@@ -150,7 +152,9 @@ class Model:
             )
         if cell not in CELLS:
             raise ConfigError(f"cell must be one of {', '.join(CELLS)}; got {cell!r}")
-        config = _infer_config(state_dict, cell, tied)
+        if not isinstance(residual, bool):
+            raise ConfigError(f"residual must be True or False; got {residual!r}")
+        config = _infer_config(state_dict, cell, tied, residual)
         params = dict(state_dict)
         if tied and "decoder.weight" in params:
             enc = _as_array("encoder.weight", params["encoder.weight"])
@@ -209,7 +213,8 @@ class Model:
         c = self._config
         return (
             f"Model({c.cell} {c.num_layers}x{c.hidden_size}, emb {c.emb_size}, "
-            f"vocab {c.vocab_size}{', tied' if c.tied else ''}, backend {self.backend!r})"
+            f"vocab {c.vocab_size}{', tied' if c.tied else ''}"
+            f"{', residual' if c.residual else ''}, backend {self.backend!r})"
         )
 
     def _apply_update(self, update) -> None:
@@ -339,8 +344,12 @@ class Model:
         if masks is not None:
             k.multiply(dx, masks[c.num_layers], out=dx)
 
+        residual = c.residual_layers
         for layer in reversed(range(c.num_layers)):
-            dx = self._layer_backward(layer, dx, state, saved, grads)
+            dout = dx  # the gradient on the layer's output: its cell's h (and input if residual)
+            dx = self._layer_backward(layer, dout, state, saved, grads)
+            if residual[layer]:
+                k.add(dx, dout, out=dx)
             if masks is not None:
                 k.multiply(dx, masks[layer], out=dx)
 
@@ -361,8 +370,9 @@ class Model:
         T, B = ids.shape
         H, G = c.hidden_size, c.gate_rows
         table = self._layer0_table() if saved is None else None
+        residual = c.residual_layers
         ids = k.to_device(ids.reshape(-1))
-        if table is None:
+        if table is None or residual[0]:  # a residual layer 0 adds the embeddings
             x = self._work("emb", (T * B, c.emb_size))
             k.embedding_forward(p["encoder.weight"], ids, x)
             if masks is not None:
@@ -403,7 +413,10 @@ class Model:
             k.copy(h_final[layer], hs[T - 1])
             if c_final is not None:
                 k.copy(c_final[layer], cs[T - 1])
-            x = hs.reshape(T * B, H)
+            out = hs.reshape(T * B, H)
+            if residual[layer]:  # output = h + input, in its own array (backward reads hs)
+                out = k.add(out, x, out=self._work(f"residual{layer}", out.shape))
+            x = out
             if masks is not None:  # into a copy: the cell's backward needs hs itself
                 x = k.multiply(x, masks[layer + 1], out=self._work(f"dropped{layer}", x.shape))
         return x, State(h_final, c_final)
@@ -466,7 +479,7 @@ class Model:
         # the per-token path: its Python around the kernel is kept short (prepared argument
         # tuples instead of lookups per call: char LSTM 2x256, 35 -> 32 us a token)
         k = self._k
-        cell, weights = self._cached("stream_args", self._build_stream_args)
+        cell, residual, weights = self._cached("stream_args", self._build_stream_args)
         N = ids.shape[1]
         kept = self._ws.stream_scratch
         if kept is None or kept[0] != N:
@@ -477,8 +490,8 @@ class Model:
         c_out = k.empty(shape, np.float32)
         logprobs = k.empty(logits.shape, np.float32)
         k.stream_step(
-            cell, k.to_device(ids), *weights, h, (c0 if c is None else c), h_out, c_out, gx, gh,
-            logits, logprobs,
+            cell, residual, k.to_device(ids), *weights, h, (c0 if c is None else c), h_out,
+            c_out, gx, gh, logits, logprobs,
         )  # fmt: skip
         return (
             h_out,
@@ -487,10 +500,13 @@ class Model:
         )
 
     def _build_stream_args(self) -> tuple:
-        """(cell id, the weights in the streaming kernel's argument order)."""
+        """(cell id, residual flags (L,) uint8 on the backend, the weights in the streaming
+        kernel's argument order)."""
+        k, c = self._k, self._config
         w = self._streaming_weights()
         order = ("table", "emb", "w_ih0", "w_ih", "b_ih", "w_hh", "b_hh", "w_dec", "b_dec")
-        return self._k.STREAM_CELLS[self._config.cell], tuple(w[name] for name in order)
+        residual = k.to_device(np.array(c.residual_layers, np.uint8))
+        return k.STREAM_CELLS[c.cell], residual, tuple(w[name] for name in order)
 
     def _build_stream_scratch(self, N: int) -> tuple:
         """The streaming kernel's scratch for N streams: (c0 (L, N, H), the state c of the
@@ -792,7 +808,7 @@ class Model:
 # ---------------------------------------------------------------------------- parameters
 
 
-def _infer_config(sd: dict, cell: str, tied: bool) -> ModelConfig:
+def _infer_config(sd: dict, cell: str, tied: bool, residual: bool = False) -> ModelConfig:
     def shape_of(name):
         if name not in sd:
             raise ParameterError(f"state_dict has no {name!r}")
@@ -823,6 +839,7 @@ def _infer_config(sd: dict, cell: str, tied: bool) -> ModelConfig:
         hidden_size=int(H),
         num_layers=layers,
         tied=tied,
+        residual=residual,
     )
 
 
@@ -877,7 +894,8 @@ def _check_sums_fit_float32(config: ModelConfig, params: dict[str, np.ndarray]) 
     """Raise ParameterError when some pre-activation or logit could overflow float32.
 
     Every cell output lies in [-1, 1] (tanh, and convex mixes of tanh), so each row of a
-    product is bounded by the L1 norm of its weights times the largest input: bounding all
+    product is bounded by the L1 norm of its weights times the largest input (a residual
+    layer's output adds its input: the bound grows by 1 a layer): bounding all
     of them here means the kernels never see an inf, nor a NaN from inf - inf, which the
     softmax's max could not be trusted to report. The bound is loose only for absurd
     weights: a trained model's sums are below 1e3.
@@ -910,19 +928,26 @@ def _check_sums_fit_float32(config: ModelConfig, params: dict[str, np.ndarray]) 
         check([x_name, w_ih, b_ih, b_hh], input_part)
         check([w_ih, w_hh, b_ih, b_hh], input_part + row_l1(w_hh))
         recurrent_bounds.append((float(np.max(input_part)), float(np.max(row_l1(w_hh)))))
-        x_bound = 1.0
+        x_bound = 1.0 + (x_bound if config.residual_layers[layer] else 0.0)
     dec = "encoder.weight" if config.tied else "decoder.weight"
-    check([dec, "decoder.bias"], row_l1(dec) + np.abs(params["decoder.bias"].astype(np.float64)))
+    check(
+        [dec, "decoder.bias"],
+        row_l1(dec) * x_bound + np.abs(params["decoder.bias"].astype(np.float64)),
+    )
     return recurrent_bounds
 
 
-def load(path, backend: str | None = None) -> Model:
+def load(
+    path, backend: str | None = None, *, max_header_bytes: int = modelfile.DEFAULT_MAX_HEADER_BYTES
+) -> Model:
     """A Model from a model file (weights, config, vocabulary, metadata).
 
+    max_header_bytes: a larger header (vocabulary, metadata) is refused; raise it for a
+    trusted file with a vocabulary of more than about 1.5M words (see modelfile.load).
     Raises ModelFileError naming the file for any defect of the file, including weights
     that the Model itself refuses (so that a caller needs to handle one error class).
     """
-    f = modelfile.load(path)
+    f = modelfile.load(path, max_header_bytes=max_header_bytes)
     try:
         vocab = None if f.vocab is None else Vocabulary.from_dict(f.vocab)
         return Model(f.config, dict(f.tensors), backend, vocab=vocab, metadata=f.metadata)

@@ -42,7 +42,13 @@ from .config import ModelConfig
 from .errors import ConfigError, ModelFileError, ParameterError, VocabularyError
 
 FORMAT_NAME = "rnnlm-engine model"
-FORMAT_VERSION = (1, 0)  # (major, minor): refuse a newer major, accept a newer minor
+# (major, minor): the newest this engine reads and writes; a newer major is refused, a
+# newer minor accepted. A writer writes the lowest version that describes the file: 1.0
+# for a plain model, 2.0 (with its "features") for one whose math a 1.x reader lacks.
+FORMAT_VERSION = (2, 0)
+# What a format-2 model may need of its reader, listed in the header's "features": a
+# reader refuses a file that needs one it does not know (a 1.x reader refuses major 2).
+FEATURES = ("residual",)
 MAGIC = b"\x89RNNLM\r\n"  # \x89 catches 7-bit transfers, \r\n catches newline translation
 
 PREAMBLE = struct.Struct("<8sQQ")  # magic, header length, data length
@@ -170,6 +176,7 @@ def save(
         raise ModelFileError(f"cannot save {target}: {problem}")
     train_arrays, train_values = _prepare_training(target, training, 4 * config.num_parameters())
 
+    features = _features(config)
     # tensors are laid out in this order: parameters in config order, then training tensors
     entries: dict[str, dict] = {}
     train_entries: dict[str, dict] = {}
@@ -188,7 +195,8 @@ def save(
             end = offset + a.nbytes
     header = {
         "format": FORMAT_NAME,
-        "version": list(FORMAT_VERSION),
+        "version": [2, 0] if features else [1, 0],
+        **({"features": features} if features else {}),
         "config": config.to_dict(),
         "tensors": entries,
         "vocab": vocab,
@@ -407,6 +415,7 @@ def read_info(
         "file_size": size,
         "format": FORMAT_NAME,
         "version": f.version,
+        "features": _features(f.config),
         "config": f.config.to_dict(),
         "parameters": f.config.num_parameters(),
         "vocab": vocab,
@@ -661,6 +670,7 @@ def _parse(shown: str, blob: bytes, header, data_start: int, data_len: int) -> M
             raise _error(shown, f"corrupt header: no {key!r}")
 
     config = _config(shown, header["config"])
+    _check_features(shown, header, version, config)
     param_bytes = 4 * config.num_parameters()
     if param_bytes > data_len:
         raise _error(
@@ -732,6 +742,47 @@ def _parse(shown: str, blob: bytes, header, data_start: int, data_len: int) -> M
     return ModelFile(config, tensors, vocab, metadata, training, version)
 
 
+def _features(config: ModelConfig) -> list[str]:
+    """The features of FEATURES that a model of this config needs of a reader."""
+    return ["residual"] if config.residual else []
+
+
+def _check_features(shown: str, header: dict, version: tuple[int, int], config) -> None:
+    """A 2.x file lists exactly the features its config needs, all known here; a 1.x file
+    needs none (a 1.0 reader would compute another model)."""
+    needed = _features(config)
+    if version[0] == 1:
+        if needed:
+            raise _error(
+                shown,
+                f"corrupt header: a format 1.x file cannot hold a model that needs "
+                f"{', '.join(needed)} (format 2 lists it in 'features')",
+            )
+        return
+    listed = header.get("features")
+    if not (
+        isinstance(listed, list)
+        and len(listed) <= 64
+        and all(isinstance(f, str) and len(f) <= 64 for f in listed)
+    ):
+        raise _error(
+            shown, f"corrupt header: 'features' is {_repr.repr(listed)}, not a list of names"
+        )
+    unknown = [f for f in listed if f not in FEATURES]
+    if unknown:
+        raise _error(
+            shown,
+            f"the model needs {_names(unknown)}, which this rnnlm-engine does not know "
+            f"(it knows {', '.join(FEATURES)}): upgrade rnnlm-engine",
+        )
+    if sorted(set(listed)) != sorted(needed):
+        raise _error(
+            shown,
+            f"corrupt header: 'features' lists {_names(listed)} but the config needs "
+            f"{_names(needed) if needed else 'none'}",
+        )
+
+
 def _version(shown: str, header: dict) -> tuple[int, int]:
     v = header.get("version")
     if v is None:
@@ -750,11 +801,11 @@ def _version(shown: str, header: dict) -> tuple[int, int]:
         raise _error(
             shown,
             f"written by a newer rnnlm-engine (format {major}.x); this reader supports "
-            f"{supported}.x: upgrade rnnlm-engine",
+            f"1.x and {supported}.x: upgrade rnnlm-engine",
         )
-    if major < supported:
+    if major < 1:
         raise _error(
-            shown, f"format {major}.{minor} is not supported; this reader supports {supported}.x"
+            shown, f"format {major}.{minor} is not supported; this reader supports 1.x and 2.x"
         )
     return major, minor
 
@@ -771,8 +822,9 @@ def _config(shown: str, raw) -> ModelConfig:
         value = raw.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise _error(shown, f"invalid config: {key} is {_repr.repr(value)}, not an integer")
-    if "tied" in raw and not isinstance(raw["tied"], bool):
-        raise _error(shown, f"invalid config: tied is {_repr.repr(raw['tied'])}, not a bool")
+    for key in ("tied", "residual"):
+        if key in raw and not isinstance(raw[key], bool):
+            raise _error(shown, f"invalid config: {key} is {_repr.repr(raw[key])}, not a bool")
     try:
         config = ModelConfig.from_dict(raw)
     except (ConfigError, TypeError, ValueError) as e:

@@ -266,6 +266,7 @@ def _run_layers(p, config, ids, state, masks=None):
     h0s, c0s = zero_state(config, B) if state is None else state
     x = embedding_forward(p["encoder.weight"], ids.reshape(-1)).reshape(T, B, -1)
     layer_inputs, caches, h_final, c_final = [], [], [], []
+    residual = config.residual_layers
     for k in range(config.num_layers):
         if masks is not None:
             x = x * masks[k]
@@ -278,7 +279,7 @@ def _run_layers(p, config, ids, state, masks=None):
         caches.append(cache)
         h_final.append(h)
         c_final.append(c)
-        x = hs
+        x = hs + x if residual[k] else hs  # a residual layer's output adds its input
     if masks is not None:
         x = x * masks[config.num_layers]
     logits = x.reshape(T * B, -1) @ _decoder_weight(p, config).T
@@ -318,9 +319,11 @@ def model_loss_and_grad(params, config: ModelConfig, inputs, targets, state=None
     dx = (dlogits @ w_dec).reshape(T, B, -1)
     if masks is not None:
         dx = dx * masks[config.num_layers]
+    residual = config.residual_layers
     for k in reversed(range(config.num_layers)):
+        dout = dx  # d loss / d (layer k's output): its cell's h, and its input if residual
         dxproj, dw_hh, db_hh, _, _ = CELL_BACKWARD[config.cell](
-            caches[k], dx, None, p[f"rnn.weight_hh_l{k}"]
+            caches[k], dout, None, p[f"rnn.weight_hh_l{k}"]
         )
         x = layer_inputs[k]
         grads[f"rnn.weight_hh_l{k}"] += dw_hh
@@ -328,6 +331,8 @@ def model_loss_and_grad(params, config: ModelConfig, inputs, targets, state=None
         grads[f"rnn.weight_ih_l{k}"] += dxproj.reshape(T * B, -1).T @ x.reshape(T * B, -1)
         grads[f"rnn.bias_ih_l{k}"] += dxproj.sum(axis=(0, 1))
         dx = dxproj @ p[f"rnn.weight_ih_l{k}"]
+        if residual[k]:
+            dx = dx + dout
         if masks is not None:
             dx = dx * masks[k]
     grads["encoder.weight"] += embedding_backward(

@@ -59,6 +59,7 @@ class TrainConfig:
     hidden_size: int = 200
     num_layers: int = 2
     tied: bool = False
+    residual: bool = False
     dropout: float = 0.0
     init_range: float = 0.1
     optimizer: str = "sgd"
@@ -110,7 +111,13 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
-            self.cell, vocab_size, self.emb_size, self.hidden_size, self.num_layers, self.tied
+            self.cell,
+            vocab_size,
+            self.emb_size,
+            self.hidden_size,
+            self.num_layers,
+            self.tied,
+            self.residual,
         )
 
     def to_dict(self) -> dict:
@@ -410,7 +417,12 @@ def _resume_unchecked(path, f, config, vocab, fingerprint, backend):
             "tokens differ); resume with the same files"
         )
     model = Model.from_state_dict(
-        dict(f.tensors), cell=f.config.cell, tied=f.config.tied, backend=backend, vocab=vocab
+        dict(f.tensors),
+        cell=f.config.cell,
+        tied=f.config.tied,
+        backend=backend,
+        vocab=vocab,
+        residual=f.config.residual,
     )
     optimizer = make_optimizer(
         config.optimizer, model._k, config.lr, model.config.parameter_shapes()

@@ -54,26 +54,31 @@ def err(got, want) -> float:
     return oracle.normwise_error(got, want)
 
 
-def pair(cell: str, tied: bool = False, layers: int = 2, vocab=None, seed: int = 0):
+def pair(cell: str, tied=False, layers=2, vocab=None, seed=0, residual=False):
     """The same weights on both backends."""
     V = len(vocab) if vocab is not None else 11
     H = 6
-    cfg = ModelConfig(cell, V, H if tied else 5, H, layers, tied=tied)
+    cfg = ModelConfig(cell, V, H if tied else 5, H, layers, tied=tied, residual=residual)
     rng = np.random.default_rng(seed)
     sd = {
         n: rng.uniform(-0.6, 0.6, s).astype(np.float32) for n, s in cfg.parameter_shapes().items()
     }
     if tied:
         sd["decoder.weight"] = sd["encoder.weight"]
-    kw = dict(cell=cell, tied=tied, vocab=vocab)
+    kw = dict(cell=cell, tied=tied, vocab=vocab, residual=residual)
     return Model.from_state_dict(sd, backend="cpu", **kw), Model.from_state_dict(
         sd, backend="cuda", **kw
     )
 
 
-@pytest.mark.parametrize("cell,tied", [("lstm", False), ("gru", True), ("rnn", False)])
-def test_passes_equal_the_cpu_backend(cell, tied):
-    cpu, gpu = pair(cell, tied)
+@pytest.mark.parametrize(
+    "cell,tied,residual",
+    # residual: layer 1 only (E != H), and both layers (tied: E == H)
+    [("lstm", False, False), ("gru", True, False), ("rnn", False, False),
+     ("lstm", False, True), ("gru", True, True)],
+)  # fmt: skip
+def test_passes_equal_the_cpu_backend(cell, tied, residual):
+    cpu, gpu = pair(cell, tied, residual=residual)
     assert gpu.backend == "cuda" and cpu.backend == "cpu"
     rng = np.random.default_rng(1)
     T, B = 3, 2
@@ -169,8 +174,9 @@ def test_a_roll_back_restores_weights_and_moments_on_the_device(monkeypatch):
     assert all(not np.any(kc.to_host(m)) for m in opt.m.values())
 
 
-def test_streams_and_stream_batch_equal_the_cpu_backend():
-    cpu, gpu = pair("lstm")
+@pytest.mark.parametrize("residual", [False, True])
+def test_streams_and_stream_batch_equal_the_cpu_backend(residual):
+    cpu, gpu = pair("lstm", tied=residual, residual=residual)
     sc, sg = cpu.stream(), gpu.stream()
     assert err(sg.feed([1, 2, 3]), sc.feed([1, 2, 3])) < LOGPROB_TOL
     assert err(sg.feed(4), sc.feed(4)) < LOGPROB_TOL

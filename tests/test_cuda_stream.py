@@ -100,14 +100,22 @@ def layer0_table(w):
     return t.astype(np.float32)
 
 
-def reference(cell, ids, w, h0, c0):
+def residual_flags(residual: bool, L: int, H: int, E: int) -> np.ndarray:
+    """ModelConfig.residual_layers as the kernel takes them: layers >= 1, and layer 0 when
+    E == H."""
+    return np.array([residual and (k > 0 or E == H) for k in range(L)], np.uint8)
+
+
+def reference(cell, ids, w, h0, c0, residual=False):
     """The model equations in float64: embedding, each layer's input projection and cell
-    (oracle.CELL_FORWARD), one step at a time; decoder and log-softmax after the last."""
+    (oracle.CELL_FORWARD), one step at a time (a residual layer's output adds its input);
+    decoder and log-softmax after the last."""
     p = {k: np.asarray(v, np.float64) for k, v in w.items()}
     L = p["w_hh"].shape[0]
     h = [np.asarray(h0[k], np.float64) for k in range(L)]
     c = [np.asarray(c0[k], np.float64) for k in range(L)]
     lstm = cell == "lstm"
+    flags = residual_flags(residual, L, p["w_hh"].shape[2], p["emb"].shape[1])
     for t in range(ids.shape[0]):
         x = oracle.embedding_forward(p["emb"], ids[t])
         for k in range(L):
@@ -118,32 +126,33 @@ def reference(cell, ids, w, h0, c0):
             )
             if lstm:
                 c[k] = c_new
-            x = h[k]
-    logp = oracle.log_softmax(h[L - 1] @ p["w_dec"].T, p["b_dec"])
+            x = h[k] + x if flags[k] else h[k]
+    logp = oracle.log_softmax(x @ p["w_dec"].T, p["b_dec"])
     return np.stack(h), np.stack(c), logp
 
 
-def stream_args(cell, ids, w, table, h_in, c_in):
+def stream_args(cell, ids, w, table, h_in, c_in, residual=False):
     """stream_step's arguments (numpy), outputs poisoned, scratch as model._step passes."""
     T, N = ids.shape
     L, _, H = h_in.shape
     V, E = w["emb"].shape
     G = GATES[cell] * H
     return [
-        ks.STREAM_CELLS[cell], ids, table, w["emb"], w["w_ih0"], w["w_ih"], w["b_ih"],
-        w["w_hh"], w["b_hh"], w["w_dec"], w["b_dec"], h_in, c_in,
+        ks.STREAM_CELLS[cell], residual_flags(residual, L, H, E), ids, table, w["emb"],
+        w["w_ih0"], w["w_ih"], w["b_ih"], w["w_hh"], w["b_hh"], w["w_dec"], w["b_dec"],
+        h_in, c_in,
         poisoned((L, N, H)), poisoned((L, N, H)),
         poisoned((N, G)), poisoned((N, G)), poisoned((N, V)), poisoned((N, V)),
     ]  # fmt: skip
 
 
-H_OUT, C_OUT, OUT = 13, 14, 18
+H_OUT, C_OUT, OUT = 14, 15, 19
 
 
 def run_cuda(args, threads, blocks):
     dev = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args]
     ks.stream_step(*dev, threads=threads, blocks=blocks)
-    for i in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12):  # inputs: unchanged
+    for i in range(1, 14):  # inputs: unchanged
         np.testing.assert_array_equal(dev[i].copy_to_host(), args[i])
     return [dev[i].copy_to_host() for i in (H_OUT, C_OUT, OUT)]
 
@@ -159,7 +168,7 @@ def err(got, want):
     return oracle.normwise_error(got, want, FLOOR)
 
 
-def check_step(cell, L, use_table, N, T, H, E, V, scale, seed, launch):
+def check_step(cell, L, use_table, N, T, H, E, V, scale, seed, launch, residual=False):
     rng = np.random.default_rng(seed)
     w = make_model(rng, cell, L, H, E, V, scale)
     G = GATES[cell] * H
@@ -167,11 +176,11 @@ def check_step(cell, L, use_table, N, T, H, E, V, scale, seed, launch):
     ids = rng.integers(0, V, (T, N)).astype(np.int64)
     h_in = rng.uniform(-1, 1, (L, N, H)).astype(np.float32)
     c_in = (rng.standard_normal((L, N, H)) * (1.0 if cell == "lstm" else 0.0)).astype(np.float32)
-    args = stream_args(cell, ids, w, table, h_in, c_in)
+    args = stream_args(cell, ids, w, table, h_in, c_in, residual)
     threads, blocks = launch
     h_gpu, c_gpu, out_gpu = run_cuda(args, threads, blocks)
     h_cpu, c_cpu, out_cpu = run_cpu(args)
-    h_ref, c_ref, out_ref = reference(cell, ids, w, h_in, c_in)
+    h_ref, c_ref, out_ref = reference(cell, ids, w, h_in, c_in, residual)
 
     assert err(h_gpu, h_ref) < TOL
     assert err(out_gpu, out_ref) < TOL
@@ -206,6 +215,28 @@ def check_step(cell, L, use_table, N, T, H, E, V, scale, seed, launch):
 @example(L=1, use_table=False, N=3, T=2, H=2, E=33, V=7, scale=1.0, seed=3, launch=(64, None))
 def test_stream_step_matches_oracle_and_cpu(cell, L, use_table, N, T, H, E, V, scale, seed, launch):
     check_step(cell, L, use_table, N, T, H, E, V, scale, seed, launch)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@settings(max_examples=max(1, EXAMPLES // 2))
+@given(
+    L=st.integers(1, 3),
+    use_table=st.booleans(),
+    N=st.sampled_from([1, 2, 5]),
+    T=st.integers(1, 3),
+    H=st.integers(1, 7),
+    emb_is_hidden=st.booleans(),
+    V=st.sampled_from([2, 7, 20]),
+    seed=st.integers(0, 2**32 - 1),
+)
+# residual layer 0 (E == H) with and without the table; only layers above it (E != H)
+@example(L=2, use_table=True, N=2, T=2, H=3, emb_is_hidden=True, V=7, seed=0)
+@example(L=3, use_table=False, N=1, T=1, H=2, emb_is_hidden=False, V=2, seed=1)
+def test_stream_step_with_residual_layers_matches_oracle_and_cpu(
+    cell, L, use_table, N, T, H, emb_is_hidden, V, seed
+):
+    E = H if emb_is_hidden else H + 1
+    check_step(cell, L, use_table, N, T, H, E, V, 1.0, seed, (32, None), residual=True)
 
 
 @pytest.fixture

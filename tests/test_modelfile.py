@@ -249,7 +249,7 @@ def test_round_trip_is_exact(tmp_path, config):
     save(path, config=config, tensors=tensors, vocab=vocab, metadata=metadata, training=training)
     f = load(str(path))
     assert f.config == config
-    assert f.version == FORMAT_VERSION
+    assert f.version == (1, 0)  # a plain model stays 1.0, readable by every 1.x reader
     assert f.vocab == vocab
     assert f.metadata == metadata
     assert_same_tensors(tensors, f.tensors)
@@ -344,12 +344,51 @@ def test_round_trip_property(tmp_path, metadata, values, vocab, seed):
 
 
 def test_newer_major_is_refused(tmp_path, base):
-    path = write(tmp_path, header_edit((("version",), [2, 0]))(base))
+    path = write(tmp_path, header_edit((("version",), [3, 0]))(base))
     message = expect_error(path)
     assert message == (
-        f"{path}: written by a newer rnnlm-engine (format 2.x); this reader supports 1.x: "
-        "upgrade rnnlm-engine"
+        f"{path}: written by a newer rnnlm-engine (format 3.x); this reader supports 1.x "
+        "and 2.x: upgrade rnnlm-engine"
     )
+    assert FORMAT_VERSION == (2, 0)
+
+
+RESIDUAL_CONFIG = ModelConfig("gru", 7, 4, 4, 2, residual=True)
+
+
+def test_a_residual_model_is_a_format_2_file_that_lists_it(tmp_path):
+    tensors = random_tensors(RESIDUAL_CONFIG)
+    save(tmp_path / "r", config=RESIDUAL_CONFIG, tensors=tensors)
+    f = load(tmp_path / "r")
+    assert f.version == (2, 0) and f.config == RESIDUAL_CONFIG
+    assert read_info(tmp_path / "r")["features"] == ["residual"]
+    assert_same_tensors(tensors, f.tensors)
+    # what a 1.0 reader sees: a newer major, which it refuses (it would drop the unknown
+    # config key "residual" and compute a plain model)
+    blob = (tmp_path / "r").read_bytes()
+    header = msgpack.unpackb(blob[24 : 24 + int.from_bytes(blob[8:16], "little")])
+    assert header["version"] == [2, 0] and header["features"] == ["residual"]
+    assert header["config"]["residual"] is True
+
+
+@pytest.mark.parametrize(
+    "edits, message",
+    [
+        ([(("features",), ["residual", "sparse"])], "needs 'sparse', which this rnnlm-engine"),
+        ([(("features",), [])], "'features' lists  but the config needs 'residual'"),
+        ([(("features",), DELETE)], "'features' is None, not a list of names"),
+        ([(("features",), "residual")], "'features' is 'residual', not a list"),
+        ([(("features",), [1])], "not a list of names"),
+        ([(("config", "residual"), False)], "lists 'residual' but the config needs none"),
+        ([(("config", "residual"), 1)], "residual is 1, not a bool"),
+        ([(("version",), [1, 0]), (("features",), DELETE)], "a format 1.x file cannot hold"),
+        ([(("version",), [1, 3])], "a format 1.x file cannot hold a model that needs residual"),
+    ],
+)
+def test_damaged_features_are_refused(tmp_path, edits, message):
+    save(tmp_path / "r", config=RESIDUAL_CONFIG, tensors=random_tensors(RESIDUAL_CONFIG))
+    blob = header_edit(*edits)((tmp_path / "r").read_bytes())
+    expect_error(write(tmp_path, blob), message)
 
 
 def test_older_major_is_refused(tmp_path, base):
@@ -776,9 +815,29 @@ ABSURD = [
 mutations = st.sampled_from(ABSURD) | plain | st.just(DELETE)
 
 
+@pytest.fixture(scope="module")
+def residual_base(tmp_path_factory) -> bytes:
+    """A valid format-2 file (a residual model: 'features' and config['residual'])."""
+    path = tmp_path_factory.mktemp("residual") / "r.rnnlm"
+    config = ModelConfig("lstm", 6, 3, 3, 2, residual=True)
+    save(path, config=config, tensors=random_tensors(config), vocab={"kind": "x"})
+    return path.read_bytes()
+
+
 @FUZZ
 @given(data=st.data())
 def test_fuzz_header_mutations(tmp_path, base, data):
+    mutate_and_load(tmp_path, base, data)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_format_2_header_mutations(tmp_path, residual_base, data):
+    mutate_and_load(tmp_path, residual_base, data)
+
+
+def mutate_and_load(tmp_path, base: bytes, data) -> None:
+    """One to three absurd values put anywhere in the header: a ModelFileError or a load."""
     header, section = split(base)
     paths = [p for p in all_paths(header) if p]
     for _ in range(data.draw(st.integers(1, 3))):
@@ -1259,6 +1318,7 @@ def test_read_info(tmp_path, base):
         "file_size": len(base),
         "format": FORMAT_NAME,
         "version": (1, 0),
+        "features": [],
         "config": BASE_CONFIG.to_dict(),
         "parameters": BASE_CONFIG.num_parameters(),
         "vocab": {"kind": "char", "size": 6},

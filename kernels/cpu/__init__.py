@@ -39,6 +39,7 @@ NAME = "cpu"
 empty = np.empty
 zeros = np.zeros
 multiply = np.multiply
+add = np.add  # add(a, b, out=): out may be a (element-wise, so in place is safe)
 
 
 def matmul(a, b, out=None, trans_a=False, trans_b=False):
@@ -267,6 +268,7 @@ __all__ = [
     "lstm_forward",
     "matmul",
     "multiply",
+    "add",
     "rnn_backward",
     "rnn_forward",
     "row_max",

@@ -469,7 +469,8 @@ def xent_finish(m, s, target_logit, nll):
 # for layers 1.. ; b_ih, b_hh (L, G); w_hh (L, G, H); w_dec (V, H), b_dec (V,); h_in,
 # c_in (L, N, H) read; h_out, c_out (L, N, H) written (never the same arrays: a stream's
 # state changes only when the whole step has run); gx, gh (N, G) scratch; logits (N, V)
-# scratch; out (N, V) log-probabilities. cell: 0 rnn, 1 gru, 2 lstm.
+# scratch; out (N, V) log-probabilities. cell: 0 rnn, 1 gru, 2 lstm. residual (L,) uint8:
+# 1 where a layer's output is its cell's h plus its input (ModelConfig.residual_layers).
 
 STREAM_CELLS = {"rnn": 0, "gru": 1, "lstm": 2}
 
@@ -613,23 +614,28 @@ def _log_softmax_serial(logits, out):
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
 def _stream_layers(
-    cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, h_in, c_in, h_out, c_out, gx, gh, xe,
+    cell, residual, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, h_in, c_in, h_out, c_out,
+    gx, gh, xe, res,
 ):  # fmt: skip
     """Every layer for one step of N streams: ids (N,), state in h_in, c_in, out h_out,
-    c_out; xe (N, E) scratch for the embedding rows (no table)."""
+    c_out; xe (N, E) scratch for the embedding rows (no table, or a residual layer 0);
+    res (L, N, H) the outputs of the residual layers (h plus the layer's input). Returns
+    the top layer's output (N, H)."""
     L = w_hh.shape[0]
     N = ids.shape[0]
+    if table.shape[0] == 0 or residual[0]:
+        for n in range(N):
+            xe[n, :] = emb[ids[n]]
     if table.shape[0] > 0:
         for n in range(N):
             gx[n, :] = table[ids[n]]
     else:
-        for n in range(N):
-            xe[n, :] = emb[ids[n]]
         _stream_products(w_ih0, xe, b_ih[0], gx)
+    x = xe  # the layer's input; layer 0's is used only when residual (E == H then)
     for layer in range(L):
         if layer > 0:
             _stream_products2(
-                w_ih[layer - 1], h_out[layer - 1], b_ih[layer], gx,
+                w_ih[layer - 1], x, b_ih[layer], gx,
                 w_hh[layer], h_in[layer], b_hh[layer], gh,
             )  # fmt: skip
         else:
@@ -638,14 +644,24 @@ def _stream_layers(
             _stream_cell_serial(cell, gx, gh, h_in[layer], c_in[layer], h_out[layer], c_out[layer])
         else:
             _stream_cell(cell, gx, gh, h_in[layer], c_in[layer], h_out[layer], c_out[layer])
+        if residual[layer]:
+            out = res[layer]
+            for n in range(N):
+                for j in range(out.shape[1]):
+                    out[n, j] = h_out[layer, n, j] + x[n, j]
+            x = out
+        else:
+            x = h_out[layer]
+    return x
 
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
 def stream_step(
-    cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
+    cell, residual, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
     h_in, c_in, h_out, c_out, gx, gh, logits, out,
 ):  # fmt: skip
-    """T steps of N streams (see model._step); gx, gh, logits are scratch. The state and
+    """T steps of N streams (see model._step); gx, gh, logits are scratch. residual (L,)
+    uint8: 1 where a layer's output adds its input. The state and
     the embedding rows pass through the kernel's own copies, which Numba allocates 32-byte
     aligned, so that the products' vector loads of them do not straddle cache lines (the
     caller's arrays are numpy's, 16-byte aligned). c_in, c_out: lstm only (for the other
@@ -654,15 +670,17 @@ def stream_step(
     ha, ca = h_in.copy(), c_in.copy()
     hb, cb = np.empty_like(ha), np.empty_like(ca)
     xe = np.empty((N, emb.shape[1]), np.float32)
+    res = np.empty(ha.shape, np.float32)
+    top = ha[0]
     for t in range(T):
-        _stream_layers(
-            cell, ids[t], table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, ha, ca, hb, cb, gx, gh, xe,
+        top = _stream_layers(
+            cell, residual, ids[t], table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, ha, ca, hb, cb,
+            gx, gh, xe, res,
         )  # fmt: skip
         ha, hb = hb, ha
         ca, cb = cb, ca
     h_out[...] = ha
     c_out[...] = ca
-    top = ha[w_hh.shape[0] - 1]
     if w_dec.shape[0] * w_dec.shape[1] * N < _SERIAL_PRODUCT_BELOW:
         _stream_products_serial(w_dec, top, b_dec, logits)
     else:

@@ -52,6 +52,7 @@ from ._cells import (
 )
 from ._elementwise import (
     adam_update,
+    add,
     embedding_backward,
     embedding_forward,
     log_softmax,
@@ -222,6 +223,7 @@ __all__ = [
     "matmul",
     "max_abs",
     "multiply",
+    "add",
     "rnn_backward",
     "rnn_forward",
     "row_max",

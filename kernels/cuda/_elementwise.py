@@ -382,6 +382,12 @@ def _multiply_k(a, b, out):
         out[i] = a[i] * b[i]
 
 
+@cuda.jit
+def _add_k(a, b, out):
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[i] = a[i] + b[i]
+
+
 def scale_inplace(x, factor, *, threads=None, blocks=None):
     """x *= factor (float32)."""
     x = _flat(x)
@@ -425,6 +431,16 @@ def multiply(a, b, out, *, threads=None, blocks=None):
     if n:
         g, t = _grid(n, threads, blocks)
         _multiply_k[g, t](_flat(a), _flat(b), _flat(out))
+    return out
+
+
+def add(a, b, out, *, threads=None, blocks=None):
+    """out = a + b element-wise, as multiply; out may be a (each element is read before it
+    is written, by the same thread)."""
+    n = out.size
+    if n:
+        g, t = _grid(n, threads, blocks)
+        _add_k[g, t](_flat(a), _flat(b), _flat(out))
     return out
 
 
@@ -646,6 +662,7 @@ __all__ = [
     "embedding_forward",
     "log_softmax",
     "multiply",
+    "add",
     "row_max",
     "row_shift",
     "sample",

@@ -242,11 +242,12 @@ def _cell(
 
 @cuda.jit(device=True)
 def _layer(
-    cell, layer, t, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh,
-    h_prev, c_prev, h_new, c_new, lane, unit_warp, n_warps,
+    cell, residual, layer, t, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh,
+    h_prev, c_prev, h_new, c_new, res, lane, unit_warp, n_warps,
 ):  # fmt: skip
     """One layer of one step for every stream: h_new[layer], c_new[layer] from
-    h_prev[layer], c_prev[layer] and the layer's input (h_new[layer - 1] or token ids)."""
+    h_prev[layer], c_prev[layer] and the layer's input (the layer below's output, or
+    token ids); a residual layer's output h + input goes to res[layer]."""
     N = ids.shape[1]
     H = w_hh.shape[2]
     ng = 4 if cell == 2 else (3 if cell == 1 else 1)
@@ -256,6 +257,9 @@ def _layer(
     x_rows = cuda.local.array(_G, int64)  # the weight row of each gate slot, -1: none
     h_rows = cuda.local.array(_G, int64)
     acc = cuda.local.array(_SG, float32)
+    # the layer below's output: its h, or h + its input for a residual layer
+    below = layer - 1 if layer > 0 else 0
+    x_in = res[below] if layer > 0 and residual[below] != 0 else h_new[below]
     for j in range(unit_warp, H, n_warps):
         for g in range(_G):
             x_rows[g] = g * H + j if g < ng else -1
@@ -272,7 +276,7 @@ def _layer(
             for i in range(_SG):
                 acc[i] = _ZERO
             if layer > 0:
-                _gate_dots(w_ih[layer - 1], x_rows, h_new[layer - 1], xrow, lane, acc)
+                _gate_dots(w_ih[layer - 1], x_rows, x_in, xrow, lane, acc)
             elif not use_table:
                 _gate_dots(w_ih0, x_rows, emb, xrow, lane, acc)
             _gate_dots(w_hh[layer], h_rows, h_prev[layer], hrow, lane, acc)
@@ -283,6 +287,10 @@ def _layer(
                         cell, layer, j, n0 + s, xrow[s], s, use_table, table, b_ih, b_hh, acc,
                         h_prev, c_prev, h_new, c_new,
                     )  # fmt: skip
+                    if residual[layer] != 0:  # (layer 0: E == H, its input is emb[id])
+                        n = n0 + s
+                        x = emb[xrow[s], j] if layer == 0 else x_in[n, j]
+                        res[layer, n, j] = h_new[layer, n, j] + x
 
 
 @cuda.jit(device=True)
@@ -370,8 +378,8 @@ def _finish(logits, part_m, part_s, out, sh, tid, lane, warp, wpb, blk, nblk, nt
 
 @cuda.jit(cache=True)
 def _stream_kernel(
-    cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
-    h_in, c_in, h_out, c_out, h_tmp, c_tmp, part_m, part_s, block_scratch, logits, out,
+    cell, residual, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
+    h_in, c_in, h_out, c_out, h_tmp, c_tmp, res, part_m, part_s, block_scratch, logits, out,
 ):  # fmt: skip
     grid = cuda.cg.this_grid()
     tid = cuda.threadIdx.x
@@ -395,14 +403,13 @@ def _stream_kernel(
             h_prev, c_prev = (h_in, c_in) if t == 0 else (h_out, c_out)
         for layer in range(L):
             _layer(
-                cell, layer, t, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh,
-                h_prev, c_prev, h_new, c_new, lane, unit_warp, n_warps,
+                cell, residual, layer, t, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh,
+                h_prev, c_prev, h_new, c_new, res, lane, unit_warp, n_warps,
             )  # fmt: skip
             grid.sync()
     sh = block_scratch[blk]
-    _decoder(
-        w_dec, b_dec, h_out[L - 1], logits, part_m, part_s, sh, tid, lane, warp, wpb, blk, nblk
-    )
+    top = res[L - 1] if residual[L - 1] != 0 else h_out[L - 1]
+    _decoder(w_dec, b_dec, top, logits, part_m, part_s, sh, tid, lane, warp, wpb, blk, nblk)
     grid.sync()
     _finish(logits, part_m, part_s, out, sh, tid, lane, warp, wpb, blk, nblk, nthreads)
 
@@ -431,7 +438,7 @@ def _default_blocks(device: int, threads: int, args: list) -> int:
             blocks = _grid_blocks_cache.get(key)
             if blocks is None:
                 # logits stands in for the scratch arrays (the same array type)
-                typed = args[:17] + [args[20]] * 3 + args[20:]
+                typed = args[:19] + [args[22]] * 3 + args[22:]
                 sig = tuple(_stream_kernel.typeof_pyval(a) for a in typed)
                 kernel = _stream_kernel.compile(sig)
                 resident = kernel.max_cooperative_grid_blocks(threads)
@@ -459,13 +466,14 @@ def _scratch(device: int, stream, name: str, shape: tuple):
 
 
 def stream_step(
-    cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
+    cell, residual, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
     h_in, c_in, h_out, c_out, gx, gh, logits, out,
     *, threads=None, blocks=None, stream=0,
 ):  # fmt: skip
     """T streaming steps of N streams and the next-token log-probabilities, one launch.
 
-    Arguments as the CPU ``stream_step`` (all device arrays): ids (T, N) int64; table
+    Arguments as the CPU ``stream_step`` (all device arrays): residual (L,) uint8 (1: the
+    layer's output adds its input, kept in a scratch array); ids (T, N) int64; table
     (V, G) or (0, G); emb (V, E); w_ih0 (G, E); w_ih (L - 1, G, H); b_ih, b_hh (L, G);
     w_hh (L, G, H); w_dec (V, H); b_dec (V,); h_in, c_in read, h_out, c_out written
     (L, N, H; c untouched unless cell is lstm); logits (N, V) gets the raw logits and
@@ -485,9 +493,12 @@ def stream_step(
         c_tmp = _scratch(device, stream, "c", (L, N, H)) if lstm else c_out
     else:  # never touched: a one-step call goes straight from h_in to h_out
         h_tmp, c_tmp = h_out, c_out
+    # the residual layers' outputs (L, N, H), written only where residual is set (a
+    # scratch array kept for reuse: checking the flags would cost a copy from the device)
+    res = _scratch(device, stream, "res", (L, N, H))
     args = [
-        cell, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
-        h_in, c_in, h_out, c_out, h_tmp, c_tmp, None, None, None, logits, out,
+        cell, residual, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
+        h_in, c_in, h_out, c_out, h_tmp, c_tmp, res, None, None, None, logits, out,
     ]  # fmt: skip
     if blocks is None:
         blocks = _default_blocks(device, threads, args)
@@ -497,9 +508,9 @@ def stream_step(
             f"blocks must be >= 1 (and 1 under the simulator, whose grid sync only "
             f"synchronizes one block), not {blocks}"
         )
-    args[17] = _scratch(device, stream, "part_m", (N, blocks))
-    args[18] = _scratch(device, stream, "part_s", (N, blocks))
-    args[19] = _scratch(device, stream, "block", (blocks, _SHARED_LEN))
+    args[19] = _scratch(device, stream, "part_m", (N, blocks))
+    args[20] = _scratch(device, stream, "part_s", (N, blocks))
+    args[21] = _scratch(device, stream, "block", (blocks, _SHARED_LEN))
     _stream_kernel[blocks, threads, stream](*args)
 
 
