@@ -1,4 +1,4 @@
-"""The ``rnnlm`` command line: train, score, generate, info, demo.
+"""The ``rnnlm`` command line: train, sweep, score, generate, info, demo.
 
 Errors are one line on stderr (the traceback only with --debug): exit 2 for bad usage or
 bad input (a missing file, an invalid setting, a defective model file), 1 for anything
@@ -151,6 +151,40 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="CKPT", help="continue an interrupted run")
     t.set_defaults(func=cmd_train)
 
+    sw = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="choose a model: grid or random search with cross-validation, resumable",
+        description="Train every setting of a grid (or --samples random draws) within a "
+        "budget and rank them by validation perplexity. Rerun the same command to continue "
+        "a sweep that was stopped; finished trials are not run again.",
+    )
+    sw.add_argument("--train", metavar="FILE", required=True, help="training text (UTF-8)")
+    sw.add_argument("--valid", metavar="FILE", help="validation text (or --folds)")
+    sw.add_argument("--folds", type=int, default=0, metavar="K", help="K-fold cross-validation")
+    sw.add_argument("--out", metavar="DIR", required=True, help="the sweep's folder")
+    sw.add_argument(
+        "--grid",
+        required=True,
+        help="settings and their values: 'cell=lstm,gru layers=1,2 hidden=128,256'; lo:hi "
+        "is a range for --samples; one value fixes a setting (any of rnnlm train's)",
+    )
+    sw.add_argument("--samples", type=int, metavar="N", help="N random draws instead of the grid")
+    sw.add_argument("--seed", type=int, default=0, help="for --samples")
+    sw.add_argument("--trial-epochs", type=int, metavar="N", help="budget per trial and fold")
+    sw.add_argument("--trial-windows", type=int, metavar="N", help="budget per trial and fold")
+    sw.add_argument("--trial-time", type=_seconds, metavar="DURATION", help="budget per trial")
+    sw.add_argument("--max-time", type=_seconds, metavar="DURATION", help="for the whole sweep")
+    sw.add_argument("--level", choices=["word", "char", "byte"], default="word")
+    sw.add_argument("--max-vocab", type=int, metavar="N")
+    sw.add_argument("--min-count", type=int, default=1, metavar="N")
+    sw.add_argument("--replace-invalid", action="store_true")
+    sw.add_argument("--retrain", action="store_true", help="retrain the best on all the text")
+    sw.add_argument("--no-figure", action="store_true", help="no sweep.svg")
+    sw.add_argument("--scheduler", metavar="ADDRESS", help="run the trials on this Dask cluster")
+    sw.add_argument("--json", action="store_true", help="print the table as JSON lines")
+    sw.set_defaults(func=cmd_sweep)
+
     sc = sub.add_parser("score", parents=[computing], help="score text, one line per input line")
     sc.add_argument("model", metavar="MODEL")
     sc.add_argument("file", metavar="FILE", nargs="?", default="-", help="text, or - for stdin")
@@ -287,7 +321,7 @@ def cmd_train(args) -> int:
         if values.get("kind") != "checkpoint":
             raise InputError(f"{args.resume}: not a training checkpoint")
         # the run's settings, except those given again (max_time: none unless given)
-        changes = {"max_time": args.max_time}
+        changes = {"max_time": args.max_time, "max_windows": None}
         if args.epochs is not None:
             changes["epochs"] = args.epochs
         if args.checkpoint_every is not None:
@@ -370,6 +404,55 @@ def cmd_train(args) -> int:
             f"best validation loss {v:.4f} (perplexity {math.exp(v):.2f}{bpc}) in {result.out}"
         )
     return 130 if result.stopped == "interrupted" else 0
+
+
+# ---------------------------------------------------------------------------- sweep
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import Budget, format_table, parse_grid, sweep
+    from .train import Progress
+    from .vocab import Vocabulary, read_text
+
+    grid = parse_grid(args.grid)
+    budget = Budget(args.trial_epochs, args.trial_windows, args.trial_time)
+    if not args.valid and args.folds < 2:
+        raise InputError("give --valid FILE or --folds K (K >= 2) to validate the trials on")
+    errors = "replace" if args.replace_invalid else "strict"
+    text = read_text(args.train, errors=errors)
+    vocab = Vocabulary.build(text, args.level, max_size=args.max_vocab, min_count=args.min_count)
+    valid = vocab.encode(read_text(args.valid, errors=errors)) if args.valid else None
+    client = _dask_client(args.scheduler) if args.scheduler else None
+    progress = Progress(quiet=args.quiet)
+    try:
+        table = sweep(
+            vocab.encode(text), vocab, grid, args.out, budget, valid_ids=valid,
+            n_folds=args.folds, samples=args.samples, seed=args.seed, max_time=args.max_time,
+            retrain=args.retrain, client=client, progress=progress, figure=not args.no_figure,
+        )  # fmt: skip
+    finally:
+        if client is not None:
+            client.close()
+    if args.json:
+        for row in table:
+            print(json.dumps(row))
+    else:
+        print(format_table(table, grid))
+    return 0
+
+
+def _dask_client(address: str):
+    """A dask.distributed Client of the scheduler at address; one line if it cannot be."""
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise InputError(
+            "--scheduler needs dask.distributed: pip install 'rnnlm-engine[dask]'"
+        ) from None
+    try:
+        return Client(address, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as e:
+        raise InputError(f"cannot reach the Dask scheduler at {address}: {_one_line(e)}") from None
 
 
 # ---------------------------------------------------------------------------- score

@@ -217,7 +217,7 @@ def save(
             f"values) takes {len(header_bytes)} bytes, more than the format's limit of "
             f"{MAX_HEADER_BYTES}; store less metadata"
         )
-    _write_atomically(target, _file_pieces(header_bytes, pieces, end))
+    write_atomically(target, _with_digest(_file_pieces(header_bytes, pieces, end)))
 
 
 def _float32(value, label: str) -> np.ndarray:
@@ -294,16 +294,24 @@ def _file_pieces(header: bytes, tensors: list[tuple[int, np.ndarray]], data_len:
         end = offset + a.nbytes
 
 
-def _write_all(f, pieces: Iterable) -> None:
-    """Write every piece, then the SHA-256 digest of all of them."""
+def _with_digest(pieces: Iterable):
+    """The pieces, then the SHA-256 digest of all of them (a model file's last 32 bytes)."""
     digest = hashlib.sha256()
     for piece in pieces:
         digest.update(piece)
+        yield piece
+    yield digest.digest()
+
+
+def _write_all(f, pieces: Iterable) -> None:
+    for piece in pieces:
         f.write(piece)
-    f.write(digest.digest())
 
 
-def _write_atomically(target: str, pieces: Iterable) -> None:
+def write_atomically(target: str, pieces: Iterable) -> None:
+    """Write the byte pieces to target through a temporary file in its folder, fsynced and
+    renamed over it: a crash leaves any previous file intact, never a partial one.
+    Raises ModelFileError when the file cannot be written."""
     directory = os.path.dirname(os.path.abspath(target))
     base = os.path.basename(target)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)

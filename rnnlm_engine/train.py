@@ -51,7 +51,9 @@ class TrainConfig:
     decay_start = e it applies after every epoch from epoch e on, as Zaremba et al. do.
 
     max_time (seconds, None: no limit) is the budget of one call of train(): a resumed run
-    trains for max_time more seconds, whatever its earlier sessions took.
+    trains for max_time more seconds, whatever its earlier sessions took. max_windows
+    likewise counts the training windows (of bptt steps) of one call: a budget that,
+    unlike time, gives the same run on any machine.
     """
 
     cell: str = "lstm"
@@ -69,6 +71,7 @@ class TrainConfig:
     clip: float = 0.25
     epochs: int = 40
     max_time: float | None = None
+    max_windows: int | None = None
     batch_size: int = 20
     bptt: int = 35
     eval_batch_size: int = 10
@@ -100,6 +103,8 @@ class TrainConfig:
             raise ConfigError(f"clip must be >= 0 (0: no clipping); got {self.clip!r}")
         if self.max_time is not None and not self.max_time > 0:
             raise ConfigError(f"max_time must be positive seconds; got {self.max_time!r}")
+        if self.max_windows is not None:
+            positive_int("max_windows")
         if not self.checkpoint_every >= 0:
             raise ConfigError(f"checkpoint_every must be >= 0; got {self.checkpoint_every!r}")
         if self.decay_start is not None and (
@@ -130,12 +135,13 @@ class TrainConfig:
 
 
 # Settings that may change when a run is resumed (they do not change its trajectory).
-RESUMABLE_CHANGES = ("epochs", "max_time", "checkpoint_every")
+RESUMABLE_CHANGES = ("epochs", "max_time", "max_windows", "checkpoint_every")
 
 
 @dataclass
 class TrainResult:
-    """What a run ended with. stopped: "done", "max_time" or "interrupted"."""
+    """What a run ended with. stopped: "done", "max_time", "max_windows" or "interrupted".
+    windows: the training windows this call trained."""
 
     best_valid_loss: float
     epochs_completed: int
@@ -143,6 +149,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     out: Path | None = None
     checkpoint: Path | None = None
+    windows: int = 0
 
 
 # ---------------------------------------------------------------------------- data
@@ -529,8 +536,13 @@ def train(
         progress.message(_epoch_line(entry, vocab, improved))
         return improved
 
-    def out_of_time() -> bool:
-        return config.max_time is not None and time.monotonic() - session_start >= config.max_time
+    def out_of_budget() -> str | None:
+        """Why this call must stop training now (its time or window budget), or None."""
+        if config.max_time is not None and time.monotonic() - session_start >= config.max_time:
+            return "max_time"
+        if config.max_windows is not None and trained_here >= config.max_windows:
+            return "max_windows"
+        return None
 
     def save_checkpoint() -> None:
         nonlocal last_checkpoint
@@ -550,8 +562,9 @@ def train(
             run.epoch_seconds_before = 0.0
             fig = run.figures
             while run.window < n_windows:
-                if stop.requested or out_of_time():
-                    stopped = "interrupted" if stop.requested else "max_time"
+                budget = out_of_budget()
+                if stop.requested or budget:
+                    stopped = "interrupted" if stop.requested else budget
                     break
                 i = run.window * config.bptt
                 seq = min(config.bptt, data.shape[0] - 1 - i)
@@ -612,16 +625,16 @@ def train(
             run.figures = _EpochFigures()  # the next epoch starts from nothing
             save_checkpoint()
             good = run.snapshot()
-        # a time limit validates what this invocation trained (a resumed run that trained
+        # a budget validates what this invocation trained (a resumed run that trained
         # nothing has nothing new to validate)
-        if stopped == "max_time" and trained_here > 0 and run.figures.loss_n > 0:
+        if stopped in ("max_time", "max_windows") and trained_here > 0 and run.figures.loss_n:
             run.model._check_bounds()
             entry = _entry(run, run.figures, time.monotonic() - epoch_t0)
             entry["partial"] = True
             validate_and_keep(entry)
         if stopped != "done":
             save_checkpoint()
-            why = "Ctrl-C" if stopped == "interrupted" else "time limit"
+            why = {"interrupted": "Ctrl-C", "max_time": "time limit"}.get(stopped, "window limit")
             progress.message(
                 f"stopped ({why}) at epoch {run.epoch}, window {run.window}/{n_windows}"
                 + (
@@ -637,6 +650,7 @@ def train(
         run.history,
         out if math.isfinite(run.best_saved_loss) else None,
         checkpoint,
+        trained_here,
     )
 
 

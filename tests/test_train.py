@@ -358,3 +358,20 @@ def test_a_rollback_does_not_count_the_replayed_windows_twice(data, tmp_path, mo
     for loss, size in kept:
         loss_sum += loss * size
     assert result.history[0]["train_loss"] == loss_sum / sum(size for _, size in kept)
+
+
+def test_max_windows_is_a_budget_of_windows_per_call(data, tmp_path):
+    vocab, train_ids, valid_ids = data
+    out, ckpt = tmp_path / "m.rnnlm", tmp_path / "m.rnnlm.ckpt"
+    config = small_config(epochs=1, max_windows=7)
+    first = train(train_ids, valid_ids, vocab, config, out, progress=Silent())
+    assert first.stopped == "max_windows" and first.windows == 7
+    assert first.history[-1]["partial"]
+    again = train(train_ids, valid_ids, vocab, config, out, resume=ckpt, progress=Silent())
+    assert again.windows == 7 and modelfile.load(ckpt).training["values"]["window"] == 14
+    # the same budget gives the same run, bit for bit
+    other = train(train_ids, valid_ids, vocab, config, tmp_path / "o.rnnlm", progress=Silent())
+    for key in ("valid_loss", "train_loss", "epoch", "partial"):
+        assert other.history[0][key] == first.history[0][key], key
+    with pytest.raises(ConfigError, match="max_windows must be a positive integer"):
+        small_config(max_windows=0)
