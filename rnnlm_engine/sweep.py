@@ -511,6 +511,7 @@ def _figure(out: Path, table: list[dict], progress: Progress) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError:
         progress.message("no figure: it needs matplotlib (pip install 'rnnlm-engine[report]')")
         return
@@ -527,9 +528,12 @@ def _figure(out: Path, table: list[dict], progress: Progress) -> None:
         err = [r["valid_ppl_std"] or 0.0 for r in ok]
         ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # (minor labels overlap on short spans)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation perplexity")
+    spread = " (bars: spread over folds)" if any(r["valid_ppl_std"] for r in ok) else ""
+    fig.suptitle(f"rnnlm sweep: {len(ok)} settings{spread}", fontsize=10)
     best = ok[0]
     axes[0].annotate("best", (best["parameters"], best["valid_ppl"]))
     fig.tight_layout()
