@@ -21,6 +21,9 @@ machine) or in seconds (enforced inside the training loop), and one in seconds f
 whole sweep (no unit starts after it, and a running unit gets what is left). A unit that
 diverges or fails is a row with its reason, and the sweep goes on.
 
+Settings left out of the grid take TrainConfig's defaults, except the embedding size,
+which is the hidden size unless given (as in ``rnnlm train``).
+
 Folds: the training text is cut into K contiguous pieces; fold k validates on piece k and
 trains on the others, joined in order. The vocabulary is built from the whole training
 text, so that every fold's model has the same outputs.
@@ -210,9 +213,12 @@ def run_unit(
         seconds = budget.seconds
         if seconds_left is not None:
             seconds = seconds_left if seconds is None else min(seconds, seconds_left)
+        # as in rnnlm train, the embedding is as wide as the hidden layer unless given
+        emb = {"emb_size": settings["hidden_size"]} if "hidden_size" in settings else {}
         config = TrainConfig(
             **(
-                settings
+                emb
+                | settings
                 | {
                     "checkpoint_every": 0.0,
                     "max_time": seconds,
@@ -361,8 +367,11 @@ def sweep(
 
 def _run_on_dask(client, pending, train_ids, valid_ids, vocab_dict, n_folds, budget,
                  seconds_left, keep) -> None:  # fmt: skip
-    """Every pending unit as a Dask task (retried when its worker is lost), the data
-    scattered once; records and model files come back here, as they finish."""
+    """Every pending unit as a Dask task, the data scattered once; records and model files
+    come back here, as they finish. A unit whose worker is lost is run again on another
+    (the scheduler's own rescheduling; retries cover a task that fails). The units run at
+    once, so the sweep's time budget bounds each unit (as what was left when they were
+    submitted), not their sum."""
     from dask.distributed import as_completed
 
     data = client.scatter([train_ids, valid_ids], broadcast=False)

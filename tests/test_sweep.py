@@ -217,6 +217,7 @@ def test_retrain_saves_the_best_setting(data, tmp_path):
                   retrain=True, progress=Quiet(), figure=False)  # fmt: skip
     best = load(tmp_path / "s" / "best.rnnlm")
     assert best.config.hidden_size == table[0]["settings"]["hidden_size"]
+    assert best.config.emb_size == best.config.hidden_size  # as in rnnlm train
     assert best.vocab == vocab
 
 
