@@ -241,10 +241,23 @@ def test_another_sweep_in_the_same_folder_is_refused(data, tmp_path):
         (["--grid", "hidden=8", "--folds", "2", "--trial-windows", "0"], "positive integer"),
         (["--grid", "hidden=8", "--folds", "2"], "give each trial a budget"),
         (["--grid", "hidden=8", "--trial-epochs", "1"], "give --valid FILE or --folds K"),
-        (["--grid", "hidden=8", "--folds", "2", "--trial-epochs", "1", "--scheduler",
-          "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler"),  # fmt: skip
-        (["--grid", f"hidden=8 {BASE}", "--folds", "2", "--trial-time", "0.000001s"],
-         "too small for one training window"),  # fmt: skip
+        (
+            [
+                "--grid",
+                "hidden=8",
+                "--folds",
+                "2",
+                "--trial-epochs",
+                "1",
+                "--scheduler",
+                "tcp://127.0.0.1:9",
+            ],
+            "cannot reach the Dask scheduler",
+        ),  # fmt: skip
+        (
+            ["--grid", f"hidden=8 {BASE}", "--folds", "2", "--trial-time", "0.000001s"],
+            "too small for one training window",
+        ),  # fmt: skip
     ],
 )
 def test_bad_sweeps_fail_in_one_line_and_write_nothing_half(extra, message, tmp_path, capsys):
@@ -253,6 +266,48 @@ def test_bad_sweeps_fail_in_one_line_and_write_nothing_half(extra, message, tmp_
     code = main(["sweep", "--train", str(tmp_path / "c.txt"), "--out", str(out), *extra])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
-    assert not (out / "results.jsonl").exists() or json.loads(
-        "[" + ",".join((out / "results.jsonl").read_text().splitlines()) + "]"
-    ) == []
+    assert (
+        not (out / "results.jsonl").exists()
+        or json.loads("[" + ",".join((out / "results.jsonl").read_text().splitlines()) + "]") == []
+    )
+
+
+def test_a_lost_dask_worker_costs_a_rerun_and_the_rows_are_complete(data, tmp_path):
+    distributed = pytest.importorskip("dask.distributed", reason="needs the dask extra")
+    import threading
+
+    vocab, ids = data
+    grid = parse_grid(f"hidden=4,5,6,7,8,9 {BASE}")
+    budget = Budget(windows=40)
+    here = sweep(ids, vocab, grid, tmp_path / "here", budget, n_folds=2, progress=Quiet(),
+                 figure=False)  # fmt: skip
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                 dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):  # fmt: skip
+        pids = client.run(os.getpid)  # worker address -> its process id
+        killed = []
+
+        def kill_one_worker_once_a_unit_is_done():
+            runs = tmp_path / "there" / "runs.json"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                done = json.loads(runs.read_text()) if runs.exists() else {}
+                if done:
+                    pid = next(iter(pids.values()))
+                    os.kill(pid, signal.SIGKILL)  # its nanny starts a new worker
+                    killed.append(len(done))
+                    return
+                time.sleep(0.005)
+
+        killer = threading.Thread(target=kill_one_worker_once_a_unit_is_done)
+        killer.start()
+        there = sweep(ids, vocab, grid, tmp_path / "there", budget, n_folds=2,
+                      progress=Quiet(), figure=False, client=client)  # fmt: skip
+        killer.join()
+    assert killed, "no unit finished in time to kill a worker after it"
+    assert killed[0] < 12  # killed while units were still to run
+    assert len(there) == 6 and all(r["status"] == "ok" and r["folds"] == 2 for r in there)
+    for a, b in zip(stable(here), stable(there), strict=True):
+        assert b["valid_ppl"] == pytest.approx(a["valid_ppl"], rel=1e-4)
