@@ -536,8 +536,10 @@ def _figure(out: Path, table: list[dict], progress: Progress) -> None:
         ys = [r["valid_ppl"] for r in ok]
         err = [r["valid_ppl_std"] or 0.0 for r in ok]
         ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3)
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # (minor labels overlap on short spans)
+        positive = [x for x in xs if x > 0]
+        if positive and max(positive) >= 10 * min(positive):  # a decade or more: log
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # (minor labels would overlap)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation perplexity")
