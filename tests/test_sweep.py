@@ -151,11 +151,12 @@ def test_failed_and_diverged_trials_are_rows_and_the_sweep_goes_on(data, tmp_pat
     assert table[-1]["valid_ppl"] is None and table[0]["status"] == "ok"  # failures last
 
 
-def test_resume_after_kill_9_continues_and_equals_an_uninterrupted_sweep(tmp_path):
+def kill_9_then_rerun(tmp_path, budget: list[str]):
+    """A sweep (6 settings x 2 folds) killed with SIGKILL once 3 units are recorded, then
+    the same command again: (its argv, the rows of the rerun, the units done at the kill)."""
     (tmp_path / "c.txt").write_text(corpus(600), encoding="utf-8")
     argv = ["sweep", "--train", str(tmp_path / "c.txt"), "--folds", "2", "--grid",
-            f"hidden=4,6,8,10,12,14 {BASE}", "--trial-windows", "60", "--no-figure",
-            "--json"]  # fmt: skip
+            f"hidden=4,6,8,10,12,14 {BASE}", *budget, "--no-figure", "--json"]  # fmt: skip
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "rnnlm_engine.cli", *argv, "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -176,11 +177,23 @@ def test_resume_after_kill_9_continues_and_equals_an_uninterrupted_sweep(tmp_pat
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"{len(done)} of 12 units already done" in again.stderr
+    return argv, [json.loads(x) for x in again.stdout.splitlines()], done
+
+
+def test_after_kill_9_a_time_budgeted_sweep_records_every_trial_once(tmp_path):
+    _, rows, _ = kill_9_then_rerun(tmp_path, ["--trial-time", "0.3s"])
+    assert sorted(r["settings"]["hidden_size"] for r in rows) == [4, 6, 8, 10, 12, 14]
+    assert all(r["status"] == "ok" and r["folds"] == 2 for r in rows)
+    runs = json.loads((tmp_path / "killed" / "runs.json").read_text())
+    assert len(runs) == 12 and len(list((tmp_path / "killed" / "trials").iterdir())) == 12
+
+
+def test_resume_after_kill_9_continues_and_equals_an_uninterrupted_sweep(tmp_path):
+    argv, rows, done = kill_9_then_rerun(tmp_path, ["--trial-windows", "60"])
     whole = subprocess.run(
         [sys.executable, "-m", "rnnlm_engine.cli", *argv, "--out", str(tmp_path / "whole")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    rows = [json.loads(x) for x in again.stdout.splitlines()]
     assert len(rows) == 6 and stable(rows) == stable(
         [json.loads(x) for x in whole.stdout.splitlines()]
     )
