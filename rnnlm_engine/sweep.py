@@ -555,15 +555,17 @@ def _figure(out: Path, table: list[dict], progress: Progress) -> None:
 
 
 def _retrain(out, table, train_ids, valid_ids, vocab, budget, progress) -> None:
-    """The best setting trained on all the training text, saved as best.rnnlm (validated
-    on the validation text, or on the training text's last tenth when folds were used)."""
+    """The best setting trained on all the training text, saved as best.rnnlm. It is
+    validated on the validation text, or, when folds were used, on the training text's
+    last tenth: seen in training, so its figure there is no held-out estimate (the folds'
+    mean is)."""
     best = next((r for r in table if r["valid_ppl"] is not None), None)
     if best is None:
         progress.message("no setting finished: nothing to retrain")
         return
-    if valid_ids is None:
-        cut = len(train_ids) - len(train_ids) // 10
-        train_ids, valid_ids = train_ids[:cut], train_ids[cut:]
+    seen = valid_ids is None
+    if seen:
+        valid_ids = train_ids[len(train_ids) - len(train_ids) // 10 :]
     record, model_bytes = run_unit(train_ids, valid_ids, vocab.to_dict(), best["settings"],
                                    0, 0, budget)  # fmt: skip
     if model_bytes is None:
@@ -572,5 +574,6 @@ def _retrain(out, table, train_ids, valid_ids, vocab, budget, progress) -> None:
     write_atomically(str(out / "best.rnnlm"), [model_bytes])
     progress.message(
         f"the best setting retrained on all the training text: {out / 'best.rnnlm'} "
-        f"(valid ppl {math.exp(record['valid_loss']):.2f})"
+        f"({'on text it trained on, ' if seen else ''}valid ppl "
+        f"{math.exp(record['valid_loss']):.2f})"
     )

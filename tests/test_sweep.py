@@ -221,9 +221,19 @@ def test_a_dask_local_cluster_gives_the_same_rows(data, tmp_path):
     assert len(list((tmp_path / "there" / "trials").glob("*.rnnlm"))) == 8
 
 
-def test_retrain_saves_the_best_setting(data, tmp_path):
+def test_retrain_saves_the_best_setting_trained_on_all_the_text(data, tmp_path, monkeypatch):
+    import importlib
+
     from rnnlm_engine import load
 
+    sweep_module = importlib.import_module("rnnlm_engine.sweep")
+    real, trained_on = sweep_module.run_unit, []
+
+    def recording(train_ids, valid_ids, vocab, settings, fold, n_folds, *args):
+        trained_on.append(len(train_ids) if not n_folds else None)
+        return real(train_ids, valid_ids, vocab, settings, fold, n_folds, *args)
+
+    monkeypatch.setattr(sweep_module, "run_unit", recording)
     vocab, ids = data
     grid = parse_grid(f"hidden=4,12 {BASE}")
     table = sweep(ids, vocab, grid, tmp_path / "s", Budget(windows=20), n_folds=2,
@@ -231,6 +241,7 @@ def test_retrain_saves_the_best_setting(data, tmp_path):
     best = load(tmp_path / "s" / "best.rnnlm")
     assert best.config.hidden_size == table[0]["settings"]["hidden_size"]
     assert best.config.emb_size == best.config.hidden_size  # as in rnnlm train
+    assert trained_on[-1] == len(ids)  # the retraining: every token (the folds: None)
     assert best.vocab == vocab
 
 
