@@ -269,11 +269,15 @@ class Model:
         state = self._check_state(state, ids.shape[1])
         return self._forward_checked(ids, state)
 
-    def _forward_checked(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+    def _forward_checked(
+        self, ids: np.ndarray, state: State, saved: _Saved | None = None
+    ) -> tuple[np.ndarray, State]:
         """forward() on ids (T, B) int64 and a State on the backend that the caller has
-        checked (StreamBatch: the states of its streams, produced by this model)."""
+        checked (StreamBatch: the states of its streams, produced by this model). saved:
+        a _Saved to fill with each layer's states and activations (inspection; they are
+        this thread's work arrays, overwritten by its next call)."""
         T, B = ids.shape
-        top, new_state = self._forward_layers(ids, state, None)
+        top, new_state = self._forward_layers(ids, state, saved)
         logprobs = self._k.empty((T * B, self._config.vocab_size), np.float32)
         bias = self._params["decoder.bias"]
         for r0, r1, logits in self._decode_blocks(top):
@@ -438,6 +442,15 @@ class Model:
         from .scoring import score
 
         return score(self, text_lines_or_path, mode, per_token, batch_size, errors)
+
+    def trace(self, text_or_ids, top_k: int = 5, layers=None, units=None, chunk: int = 1024):
+        """What the model computes over a text: each token's log-probability, rank and the
+        entropy of the prediction before it, the top_k alternatives, and per layer the
+        states (h; c for lstm) and gates (lstm i, f, g, o; gru r, z, n). layers, units:
+        keep only these (memory); chunk: tokens per pass. See rnnlm_engine.inspection."""
+        from .inspection import trace
+
+        return trace(self, text_or_ids, top_k=top_k, layers=layers, units=units, chunk=chunk)
 
     def stream(self):
         """A new Stream: feed tokens one at a time, get next-token probabilities."""
