@@ -23,13 +23,10 @@ Layout (all integers little-endian; details in docs/FORMAT.md)::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
-import re
 import reprlib
-import secrets
 import stat
 import struct
 from collections.abc import Iterable, Mapping
@@ -38,8 +35,10 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
+from .atomic import write_atomically
 from .config import ModelConfig
 from .errors import ConfigError, ModelFileError, ParameterError, VocabularyError
+from .msgpack_size import unpacked_size
 
 FORMAT_NAME = "rnnlm-engine model"
 # (major, minor): the newest this engine reads and writes; a newer major is refused, a
@@ -303,70 +302,6 @@ def _with_digest(pieces: Iterable):
     yield digest.digest()
 
 
-def _write_all(f, pieces: Iterable) -> None:
-    for piece in pieces:
-        f.write(piece)
-
-
-def write_atomically(target: str, pieces: Iterable) -> None:
-    """Write the byte pieces to target through a temporary file in its folder, fsynced and
-    renamed over it: a crash leaves any previous file intact, never a partial one.
-    Raises ModelFileError when the file cannot be written."""
-    directory = os.path.dirname(os.path.abspath(target))
-    base = os.path.basename(target)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    flags |= getattr(os, "O_CLOEXEC", 0)
-    tmp = None
-    try:
-        for _ in range(100):
-            candidate = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-            try:
-                fd = os.open(candidate, flags, 0o666)  # the umask applies, as for open()
-            except FileExistsError:
-                continue
-            tmp = candidate
-            break
-        else:
-            raise FileExistsError(f"no free temporary file name in {directory}")
-        with os.fdopen(fd, "wb") as f:
-            if os.chmod in os.supports_fd:  # keep an existing file's permissions
-                with contextlib.suppress(OSError):
-                    os.chmod(f.fileno(), stat.S_IMODE(os.stat(target).st_mode))
-            _write_all(f, pieces)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except OSError as e:
-        _remove(tmp)
-        raise ModelFileError(
-            f"cannot save {target}: {e}; any previous file at that path is unchanged"
-        ) from e
-    except BaseException:  # Ctrl-C or a bug: leave no temporary file, keep the old file
-        _remove(tmp)
-        raise
-    _fsync_directory(directory)
-
-
-def _remove(path: str | None) -> None:
-    if path is not None:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename durable, where the platform allows fsync on a folder."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # ---------------------------------------------------------------------------- load
 
 
@@ -524,11 +459,11 @@ def _check_envelope(shown: str, blob: bytes, max_header_bytes: int) -> tuple[int
 
 
 def _unpack_header(shown: str, blob: bytes, header_len: int):
-    """The header's msgpack map, unpacked with bounded lengths once _header_memory has
+    """The header's msgpack map, unpacked with bounded lengths once unpacked_size has
     counted that its objects take at most HEADER_MEMORY_FACTOR x its size + 1 MiB."""
     n = header_len
     limit = HEADER_MEMORY_FACTOR * n + HEADER_MEMORY_SLACK
-    if _header_memory(blob, PREAMBLE.size, PREAMBLE.size + n, limit) > limit:
+    if unpacked_size(blob, PREAMBLE.size, PREAMBLE.size + n, limit) > limit:
         raise _error(
             shown,
             f"corrupt header: unpacking its {n} bytes would take more than {limit} bytes "
@@ -558,107 +493,6 @@ def _unpack_header(shown: str, blob: bytes, header_len: int):
         raise _error(shown, "corrupt header: not valid msgpack") from None
     except Exception as e:  # msgpack raises ValueError, TypeError, UnicodeDecodeError...
         raise _error(shown, f"corrupt header: {type(e).__name__}: {_cut(str(e))}") from None
-
-
-# What msgpack.unpackb's objects take, in bytes, as _header_memory charges them: upper
-# bounds of CPython 3.11's sizes (measured with tracemalloc; the tests check them)
-_SLOT = 8  # a reference to an object, in a list
-_LIST = 64  # a list, besides its slots (msgpack allocates them all at its header)
-_DICT = 240  # a dict ...
-_DICT_ENTRY = 112  # ... and per entry: its table as it grows, and the interned str key
-_BIG_INT = 40  # an int outside -5..256 (those are shared, as are None, True and False)
-_FLOAT = 32  # 24, and about 1 byte more each, measured in lists of a million
-_STR = 56  # an ASCII str of 2 or more characters, besides 1 byte a character
-_WIDE_STR = 76  # any other str, besides 4 bytes per byte of its UTF-8 (at most 4 x (bytes - 1))
-_BYTES = 40  # a bytes object, besides its length
-_STACK_DEPTH = 1024  # msgpack refuses a container inside this many open ones
-_NON_ASCII = re.compile(rb"[\x80-\xff]")
-
-
-def _header_memory(blob: bytes, start: int, end: int, limit: int) -> int:
-    """An upper bound of the bytes that unpacking blob[start:end] as _unpack_header does
-    allocates, counted by walking the msgpack without making its objects, and returned as
-    soon as it passes limit. The walk stops where msgpack.unpackb would stop with an error
-    (bad or truncated data, an extension type, a length over its bounds, too deep), so the
-    count so far bounds what unpackb allocates before it fails; and after the first
-    object (unpackb then refuses extra bytes). Itself it takes O(1) memory."""
-    size = end - start
-    pos, total, pending, stack = start, 0, 1, []  # pending: objects left in the container
-    search = _NON_ASCII.search
-    while total <= limit:
-        if not pending:
-            if not stack:
-                break  # the first object is complete
-            pending = stack.pop()
-            continue
-        if pos >= end:
-            break  # truncated
-        b = blob[pos]
-        pending -= 1
-        if b < 0x80:  # positive fixint: a shared small int
-            pos += 1
-        elif b >= 0xE0:  # negative fixint: -5..-1 are shared, -32..-6 are not
-            pos += 1
-            total += _BIG_INT if b < 0xFB else 0
-        elif 0xA0 <= b <= 0xBF or 0xD9 <= b <= 0xDB:  # str
-            if b <= 0xBF:
-                length, pos = b & 0x1F, pos + 1
-            else:
-                width = 1 << (b - 0xD9)
-                length = int.from_bytes(blob[pos + 1 : pos + 1 + width], "big")
-                pos += 1 + width
-            if pos + length > end:
-                break
-            if length < 2:  # "" and 1-character ASCII strs are shared (others fail)
-                pass
-            elif search(blob, pos, pos + length) is None:
-                total += _STR + length
-            else:  # at most 4 bytes a character, fewer characters than bytes
-                total += _WIDE_STR + 4 * length
-            pos += length
-        elif b <= 0x9F or 0xDC <= b <= 0xDF:  # map or array
-            if b <= 0x9F:
-                count, is_map, pos = b & 0x0F, b <= 0x8F, pos + 1
-            else:
-                width = 2 if b in (0xDC, 0xDE) else 4
-                if pos + 1 + width > end:
-                    break
-                count = int.from_bytes(blob[pos + 1 : pos + 1 + width], "big")
-                is_map, pos = b >= 0xDE, pos + 1 + width
-            if is_map:
-                if count > size // 2:  # unpackb's max_map_len
-                    break
-                total += _DICT + _DICT_ENTRY * count
-                count *= 2
-            else:
-                if count > size:  # unpackb's max_array_len
-                    break
-                total += _LIST + _SLOT * count
-            if len(stack) >= _STACK_DEPTH:
-                break
-            if count:
-                stack.append(pending)
-                pending = count
-        elif b in (0xC0, 0xC2, 0xC3):  # nil, false, true
-            pos += 1
-        elif b == 0xCC:  # uint8: a shared small int
-            pos += 2
-        elif 0xCD <= b <= 0xD3:  # uint16..64, int8..64
-            pos += 1 + (1 << (b - 0xCC if b <= 0xCF else b - 0xD0))
-            total += _BIG_INT
-        elif b in (0xCA, 0xCB):  # float32, float64: both become a Python float
-            pos += 5 if b == 0xCA else 9
-            total += _FLOAT
-        elif 0xC4 <= b <= 0xC6:  # bin
-            width = 1 << (b - 0xC4)
-            length = int.from_bytes(blob[pos + 1 : pos + 1 + width], "big")
-            pos += 1 + width + length
-            if pos > end:
-                break
-            total += _BYTES + length
-        else:  # 0xC1 (never used) and the extension types, which unpackb refuses
-            break
-    return total
 
 
 def _parse(shown: str, blob: bytes, header, data_start: int, data_len: int) -> ModelFile:

@@ -45,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomically
 from .errors import ConfigError, InputError, RnnlmError
-from .modelfile import write_atomically
 from .train import Progress, TrainConfig, TrainingDiverged, data_fingerprint, train
 from .vocab import Vocabulary
 

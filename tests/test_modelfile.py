@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from rnnlm_engine import modelfile
+from rnnlm_engine import atomic, modelfile, msgpack_size
 from rnnlm_engine.config import ModelConfig
 from rnnlm_engine.errors import ConfigError, ModelFileError, ParameterError, VocabularyError
 from rnnlm_engine.modelfile import (
@@ -1016,7 +1016,7 @@ def test_counted_header_memory_bounds_what_unpacking_takes(value):
     assume(packed_count(value) <= 20_000)
     packed = pack({"metadata": value})
     n, blob = len(packed), b"\0" * 24 + packed
-    counted = modelfile._header_memory(blob, 24, 24 + n, 1 << 62)
+    counted = msgpack_size.unpacked_size(blob, 24, 24 + n, 1 << 62)
     for _ in range(2):  # the second: a first call can allocate caches
         peak, _ = peak_bytes(lambda: modelfile._unpack_header("f", blob, n))
     assert peak <= counted + 4096, (peak, counted, n)
@@ -1035,7 +1035,7 @@ def test_counting_follows_unpacking_to_its_limits(header, fails):
     trailing or never-used bytes: the count covers what msgpack allocates before it ends or
     fails, and the error is the usual one."""
     n = len(header)
-    counted = modelfile._header_memory(header, 0, n, 1 << 62)
+    counted = msgpack_size.unpacked_size(header, 0, n, 1 << 62)
     peak, result = peak_bytes(lambda: modelfile._unpack_header("f", b"\0" * 24 + header, n))
     assert peak <= counted + 4096
     assert isinstance(result, ModelFileError) == fails
@@ -1203,7 +1203,7 @@ def test_failing_fsync_keeps_the_old_file(old_file, monkeypatch):
 
 def test_interrupt_during_the_write_keeps_the_old_file(old_file, monkeypatch):
     path, kw = old_file
-    real = modelfile._write_all
+    real = atomic._write_all
 
     def interrupted(f, pieces):
         def some():
@@ -1214,7 +1214,7 @@ def test_interrupt_during_the_write_keeps_the_old_file(old_file, monkeypatch):
 
         real(f, some())
 
-    monkeypatch.setattr(modelfile, "_write_all", interrupted)
+    monkeypatch.setattr(atomic, "_write_all", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save(path, **new_kwargs())
     monkeypatch.undo()
@@ -1241,7 +1241,7 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from rnnlm_engine import modelfile
+    from rnnlm_engine import atomic, modelfile
     from rnnlm_engine.config import ModelConfig
 
     path, mode = sys.argv[1], sys.argv[2]
@@ -1250,7 +1250,7 @@ CHILD = textwrap.dedent(
     shapes = config.parameter_shapes()
     tensors = {n: rng.standard_normal(s, dtype=np.float32) for n, s in shapes.items()}
     if mode == "pause":  # stop half-way through the tensors, then wait to be killed
-        real = modelfile._write_all
+        real = atomic._write_all
 
         def paused(f, pieces):
             def some():
@@ -1263,7 +1263,7 @@ CHILD = textwrap.dedent(
 
             real(f, some())
 
-        modelfile._write_all = paused
+        atomic._write_all = paused
     else:
         print("SAVING", flush=True)
     for i in range(1, 10**6):  # "loop" saves until killed, each with other values

@@ -213,20 +213,26 @@ def test_resume_after_kill_9_continues_and_equals_an_uninterrupted_sweep(tmp_pat
     )
 
 
-def test_a_dask_local_cluster_gives_the_same_rows(data, tmp_path):
+@pytest.fixture
+def dask_client():
+    """A client of a fresh local cluster of 2 worker processes (a test may kill one)."""
     distributed = pytest.importorskip("dask.distributed", reason="needs the dask extra")
-    vocab, ids = data
-    grid = parse_grid(f"cell=lstm,gru hidden=8,12 {BASE}")
-    budget = Budget(windows=15)
-    here = sweep(ids, vocab, grid, tmp_path / "here", budget, n_folds=2, progress=Quiet(),
-                 figure=False)  # fmt: skip
     with (
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                  dashboard_address=None) as cluster,
         distributed.Client(cluster) as client,
     ):  # fmt: skip
-        there = sweep(ids, vocab, grid, tmp_path / "there", budget, n_folds=2,
-                      progress=Quiet(), figure=False, client=client)  # fmt: skip
+        yield client
+
+
+def test_a_dask_local_cluster_gives_the_same_rows(data, tmp_path, dask_client):
+    vocab, ids = data
+    grid = parse_grid(f"cell=lstm,gru hidden=8,12 {BASE}")
+    budget = Budget(windows=15)
+    here = sweep(ids, vocab, grid, tmp_path / "here", budget, n_folds=2, progress=Quiet(),
+                 figure=False)  # fmt: skip
+    there = sweep(ids, vocab, grid, tmp_path / "there", budget, n_folds=2, progress=Quiet(),
+                  figure=False, client=dask_client)  # fmt: skip
     assert len(there) == len(here) == 4
     for a, b in zip(stable(here), stable(there), strict=True):
         assert a["settings"] == b["settings"] and a["status"] == b["status"] == "ok"
@@ -312,8 +318,7 @@ def test_bad_sweeps_fail_in_one_line_and_write_nothing_half(extra, message, tmp_
     )
 
 
-def test_a_lost_dask_worker_costs_a_rerun_and_the_rows_are_complete(data, tmp_path):
-    distributed = pytest.importorskip("dask.distributed", reason="needs the dask extra")
+def test_a_lost_dask_worker_costs_a_rerun_and_the_rows_are_complete(data, tmp_path, dask_client):
     import threading
 
     vocab, ids = data
@@ -321,31 +326,26 @@ def test_a_lost_dask_worker_costs_a_rerun_and_the_rows_are_complete(data, tmp_pa
     budget = Budget(windows=40)
     here = sweep(ids, vocab, grid, tmp_path / "here", budget, n_folds=2, progress=Quiet(),
                  figure=False)  # fmt: skip
-    with (
-        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                 dashboard_address=None) as cluster,
-        distributed.Client(cluster) as client,
-    ):  # fmt: skip
-        pids = client.run(os.getpid)  # worker address -> its process id
-        killed = []
+    pids = dask_client.run(os.getpid)  # worker address -> its process id
+    killed = []
 
-        def kill_one_worker_once_a_unit_is_done():
-            runs = tmp_path / "there" / "runs.json"
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                done = json.loads(runs.read_text()) if runs.exists() else {}
-                if done:
-                    pid = next(iter(pids.values()))
-                    os.kill(pid, signal.SIGKILL)  # its nanny starts a new worker
-                    killed.append(len(done))
-                    return
-                time.sleep(0.005)
+    def kill_one_worker_once_a_unit_is_done():
+        runs = tmp_path / "there" / "runs.json"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done = json.loads(runs.read_text()) if runs.exists() else {}
+            if done:
+                pid = next(iter(pids.values()))
+                os.kill(pid, signal.SIGKILL)  # its nanny starts a new worker
+                killed.append(len(done))
+                return
+            time.sleep(0.005)
 
-        killer = threading.Thread(target=kill_one_worker_once_a_unit_is_done)
-        killer.start()
-        there = sweep(ids, vocab, grid, tmp_path / "there", budget, n_folds=2,
-                      progress=Quiet(), figure=False, client=client)  # fmt: skip
-        killer.join()
+    killer = threading.Thread(target=kill_one_worker_once_a_unit_is_done)
+    killer.start()
+    there = sweep(ids, vocab, grid, tmp_path / "there", budget, n_folds=2,
+                  progress=Quiet(), figure=False, client=dask_client)  # fmt: skip
+    killer.join()
     assert killed, "no unit finished in time to kill a worker after it"
     assert killed[0] < 12  # killed while units were still to run
     assert len(there) == 6 and all(r["status"] == "ok" and r["folds"] == 2 for r in there)
