@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA / "input.txt")
     ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--out", type=Path, default=None, help="model file (default: a temp dir)")
     args = ap.parse_args(argv)
 
     text = read_text(args.data)
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
         f"{os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    out = Path(tempfile.mkdtemp(prefix="shakespeare-")) / "model.rnnlm"
+    out = args.out or Path(tempfile.mkdtemp(prefix="shakespeare-")) / "model.rnnlm"
     t0 = time.perf_counter()
     result = train(ids[:cut], ids[cut:], vocab, config, out, checkpoint=False,
                    progress=Progress())  # fmt: skip
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     print(
         f"(* partial epoch, stopped by the time limit)\nbest validation: "
         f"{result.best_valid_loss / math.log(2):.3f} bits per character after "
-        f"{wall / 60:.1f} min of training and validation"
+        f"{wall / 60:.1f} min of training and validation; model: {out}"
     )
     return 0
 

@@ -11,6 +11,16 @@ are NaN (rank 0), as in corpus-mode scoring.
 ``gate_saturation(trace)``: per layer, sigmoid gate and unit, the fraction of steps the
 gate is below 0.1 ("left-saturated") or above 0.9 ("right-saturated") (Karpathy, Johnson
 and Fei-Fei 2015).
+
+``find_units(trace, feature)``: the units whose state best correlates (Pearson) with a
+per-token feature: one built in (``FEATURES``: the position in the line, inside double
+quotes, the bracket depth), computed from the tokens' strings, or any (T,) array.
+
+``match_spans(trace, span, threshold)``: LSTMVis's query (Strobelt et al. 2018): the
+units that are on (at or above the threshold) over the whole span, and the other spans of
+the text where those units are on together.
+
+Gradients (attributions, the gradient by lag) live in rnnlm_engine.attribution.
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ from .errors import InputError
 GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn": ()}
 SIGMOID_GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "z"), "rnn": ()}
 SATURATION = (0.1, 0.9)
+FEATURES = ("line_position", "in_quotes", "bracket_depth")
+_OPEN, _CLOSE, _QUOTES = "([{", ")]}", '"\u201c\u201d'
 
 
 @dataclass
@@ -95,11 +107,11 @@ def trace(model, text_or_ids, top_k: int = 5, layers=None, units=None, chunk: in
     H = c.hidden_size
     state = model.zero_state(1)
     k_ = model._k
+    bias = model._params["decoder.bias"]
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
         saved = _Saved()
-        lp, state = model._forward_checked(ids[t0:t1, None], state, saved)
-        lp = lp[:, 0]  # (n, V): the prediction after each token of the chunk
+        top, state = model._forward_layers(ids[t0:t1, None], state, saved)
         for layer, lt in kept.items():
             lt.h[t0:t1] = k_.to_host(saved.hs[layer])[:, 0, unit_list]
             if lt.c is not None:
@@ -108,21 +120,21 @@ def trace(model, text_or_ids, top_k: int = 5, layers=None, units=None, chunk: in
                 acts = k_.to_host(saved.acts[layer])[:, 0]
                 for g, name in enumerate(names):
                     lt.gates[name][t0:t1] = acts[:, g * H + unit_list]
-        # the prediction after token t scores token t + 1
+        # the prediction after token t scores token t + 1: the decoder's kernel gives each
+        # row's figures without writing the (n, V) log-probabilities
         nxt = ids[t0 + 1 : t1 + 1]
         n = len(nxt)
-        rows = lp[:n].astype(np.float64)
-        target = rows[np.arange(n), nxt]
-        logprob[t0 + 1 : t0 + 1 + n] = target
-        # rank: 1 + how many tokens are strictly likelier (ties share the better rank)
-        rank[t0 + 1 : t0 + 1 + n] = 1 + np.sum(rows > target[:, None], axis=1)
-        entropy[t0 + 1 : t0 + 1 + n] = -np.sum(np.exp(rows) * rows, axis=1)
-        if k:
-            best = np.argpartition(-lp[:n], k - 1, axis=1)[:, :k]
-            order = np.take_along_axis(lp[:n], best, axis=1).argsort(axis=1, kind="stable")
-            best = np.take_along_axis(best, order[:, ::-1], axis=1)
-            top_ids[t0 + 1 : t0 + 1 + n] = best
-            top_lp[t0 + 1 : t0 + 1 + n] = np.take_along_axis(lp[:n], best, axis=1)
+        if n == 0:
+            continue
+        figures = (k_.empty(n, np.float32), k_.empty(n, np.float32), k_.empty(n, np.int64),
+                   k_.empty((n, k), np.int64), k_.empty((n, k), np.float32))  # fmt: skip
+        targets = k_.to_device(np.ascontiguousarray(nxt))
+        for r0, r1, logits in model._decode_blocks(top[:n]):
+            shift = model._softmax_shift(logits)
+            k_.prediction_stats(logits, bias, shift, targets[r0:r1], *(a[r0:r1] for a in figures))
+        lp, ent, rk, ti, tv = (k_.to_host(a) for a in figures)
+        sl = slice(t0 + 1, t0 + 1 + n)
+        logprob[sl], entropy[sl], rank[sl], top_ids[sl], top_lp[sl] = lp, ent, rk, ti, tv
     return Trace(ids, logprob, rank, entropy, top_ids, top_lp, kept, unit_list, c.cell,
                  model.vocab)  # fmt: skip
 
@@ -143,6 +155,153 @@ def gate_saturation(tr: Trace, thresholds: tuple[float, float] = SATURATION) -> 
         }
         for layer, lt in tr.layers.items()
     }
+
+
+@dataclass(frozen=True)
+class UnitMatch:
+    """A unit of one layer's state ("h", or "c" for lstm) and its correlation r with a
+    feature over the text."""
+
+    layer: int
+    unit: int
+    state: str
+    r: float
+
+
+@dataclass(frozen=True)
+class SpanMatch:
+    """Tokens [start, end) where the query's units are on together; `on`: the mean
+    fraction of the units on over the span."""
+
+    start: int
+    end: int
+    on: float
+
+
+def token_strings(tr: Trace) -> list[str]:
+    """The tokens as they read in the text: a word vocabulary's "<eos>" is "\n"."""
+    words = tr.words()
+    eos = tr.vocab.eos_id
+    return ["\n" if i == eos else w for i, w in zip(tr.tokens.tolist(), words, strict=True)]
+
+
+def feature(tr: Trace, name: str) -> np.ndarray:
+    """A built-in per-token feature (T,) float64 from the tokens' strings:
+    line_position: tokens since the last line end (0 for a line's first token, and for the
+    line end itself: it starts the next); in_quotes: 1 inside double quotes (a token that
+    holds one toggles, counted as inside), else 0; bracket_depth: ( [ { open, ) ] } close,
+    never below 0, a closing token counted at the inner depth."""
+    if name not in FEATURES:
+        raise InputError(
+            f"feature must be one of {', '.join(FEATURES)} or a (T,) array; got {name!r}"
+        )
+    out = np.zeros(len(tr))
+    pos = quote = depth = 0
+    for t, s in enumerate(token_strings(tr)):
+        if name == "line_position":
+            out[t] = pos
+            pos = 0 if "\n" in s else pos + 1
+        elif name == "in_quotes":
+            flips = sum(s.count(q) for q in _QUOTES)
+            out[t] = 1.0 if (quote or flips) else 0.0
+            quote = (quote + flips) % 2
+        else:
+            opened = sum(s.count(b) for b in _OPEN)
+            closed = sum(s.count(b) for b in _CLOSE)
+            out[t] = depth + opened if opened else depth
+            depth = max(0, depth + opened - closed)
+    return out
+
+
+def find_units(tr: Trace, what, top: int = 10, states=("h", "c")) -> list[UnitMatch]:
+    """The `top` units (of the layers and units the trace kept, in each of `states`) whose
+    activation correlates most with `what`: a name in FEATURES or a (T,) array of numbers;
+    sorted by |r|, the largest first. Units constant over the text have r = 0."""
+    if isinstance(what, str):
+        values = feature(tr, what)
+    else:
+        try:
+            values = np.asarray(what, np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"a feature must be a name or (T,) numbers; got {what!r}") from None
+        if values.shape != (len(tr),) or not np.all(np.isfinite(values)):
+            raise InputError(
+                f"a feature array must be ({len(tr)},) finite numbers, one per token; got "
+                f"shape {values.shape}"
+            )
+    top = _count(top, "top", None, minimum=1)
+    bad = [s for s in states if s not in ("h", "c")]
+    if bad or not states:
+        raise InputError(f'states must be some of "h" and "c"; got {states!r}')
+    f = values - values.mean()
+    fn = np.sqrt(np.sum(f * f))
+    found = []
+    for layer, lt in tr.layers.items():
+        for name in states:
+            a = lt.h if name == "h" else lt.c
+            if a is None:
+                continue
+            x = np.asarray(a, np.float64)
+            x = x - x.mean(axis=0)
+            xn = np.sqrt(np.sum(x * x, axis=0))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = np.where((xn > 0) & (fn > 0), (f @ x) / (xn * fn), 0.0)
+            found += [
+                UnitMatch(layer, int(u), name, float(v)) for u, v in zip(tr.units, r, strict=True)
+            ]
+    found.sort(key=lambda m: -abs(m.r))
+    return found[:top]
+
+
+def match_spans(
+    tr: Trace, span: tuple[int, int], threshold: float, units=None, layer: int | None = None,
+    state: str = "h", min_fraction: float = 1.0, top: int = 20,
+) -> tuple[np.ndarray, list[SpanMatch]]:  # fmt: skip
+    """LSTMVis's query. span: tokens [start, end) of the text; layer: a kept layer (default
+    the top one kept); units: the units to match (indices into the kept units' ids; default
+    the units at or above `threshold` at every step of the span). Returns (the units, the
+    other spans where at least `min_fraction` of them are on at every step), the spans
+    closest in length to the query first, at most `top`."""
+    layer = max(tr.layers) if layer is None else layer
+    if layer not in tr.layers:
+        raise InputError(f"layer {layer!r} was not kept in this trace (kept: {sorted(tr.layers)})")
+    a = tr.layers[layer].h if state == "h" else tr.layers[layer].c
+    if a is None or state not in ("h", "c"):
+        raise InputError(f'state must be "h" (or "c" for lstm); got {state!r}')
+    try:
+        start, end = (int(v) for v in span)
+    except (TypeError, ValueError):
+        raise InputError(f"span must be (start, end) token indices; got {span!r}") from None
+    if not 0 <= start < end <= len(tr):
+        raise InputError(f"span must satisfy 0 <= start < end <= {len(tr)}; got {span!r}")
+    if not 0.0 < min_fraction <= 1.0:
+        raise InputError(f"min_fraction must be in (0, 1]; got {min_fraction!r}")
+    on = a >= threshold  # (T, U)
+    if units is None:
+        chosen = np.flatnonzero(on[start:end].all(axis=0))
+        if chosen.size == 0:
+            raise InputError(
+                f"no unit of layer {layer} is at or above {threshold} over the whole span "
+                f"[{start}, {end}): lower the threshold or give the units"
+            )
+        chosen = tr.units[chosen]
+    else:
+        chosen = np.asarray(units, np.int64).reshape(-1)
+    where = {int(u): i for i, u in enumerate(tr.units)}
+    missing = [int(u) for u in chosen if int(u) not in where]
+    if missing or chosen.size == 0:
+        raise InputError(f"units must be units the trace kept; {missing or 'none'} are not")
+    frac = on[:, [where[int(u)] for u in chosen]].mean(axis=1)
+    good = np.concatenate([[False], frac >= min_fraction - 1e-12, [False]])
+    edges = np.flatnonzero(np.diff(good.astype(np.int8)))
+    found = [
+        SpanMatch(int(s), int(e), float(frac[s:e].mean()))
+        for s, e in zip(edges[::2], edges[1::2], strict=True)
+        if e <= start or s >= end  # not the query itself
+    ]
+    n = end - start
+    found.sort(key=lambda m: (abs((m.end - m.start) - n), -m.on, m.start))
+    return chosen, found[: _count(top, "top", None, minimum=1)]
 
 
 def _token_ids(model, text_or_ids) -> np.ndarray:

@@ -366,17 +366,21 @@ class Model:
 
     # ------------------------------------------------------------------ internals
 
-    def _forward_layers(self, ids, state: State, saved: _Saved | None, masks=None):
+    def _forward_layers(self, ids, state: State, saved: _Saved | None, masks=None, emb=None):
         """Embedding and every recurrent layer. Returns (top (T*B, H), final State).
 
-        masks: dropout masks (flat (T*B, width) views), for training passes only."""
+        masks: dropout masks (flat (T*B, width) views), for training passes only. emb: the
+        layer-0 inputs (T*B, E) on the backend in place of the ids' embeddings (inspection:
+        attributions scale them); ids then only give (T, B)."""
         k, p, c = self._k, self._params, self._config
         T, B = ids.shape
         H, G = c.hidden_size, c.gate_rows
-        table = self._layer0_table() if saved is None else None
+        table = self._layer0_table() if saved is None and emb is None else None
         residual = c.residual_layers
         ids = k.to_device(ids.reshape(-1))
-        if table is None or residual[0]:  # a residual layer 0 adds the embeddings
+        if emb is not None:
+            x = emb
+        elif table is None or residual[0]:  # a residual layer 0 adds the embeddings
             x = self._work("emb", (T * B, c.emb_size))
             k.embedding_forward(p["encoder.weight"], ids, x)
             if masks is not None:
@@ -451,6 +455,26 @@ class Model:
         from .inspection import trace
 
         return trace(self, text_or_ids, top_k=top_k, layers=layers, units=units, chunk=chunk)
+
+    def attribution(
+        self, text_or_ids, position: int, method: str = "input_x_gradient", steps: int = 20,
+        window: int | None = None,
+    ):  # fmt: skip
+        """How much each token before `position` contributed to log p(token at position):
+        method "input_x_gradient" or "integrated_gradients" (from a zero-embedding
+        baseline, `steps` midpoints); window: only the last `window` tokens before it. An
+        Attribution; see rnnlm_engine.attribution."""
+        from .attribution import attribution
+
+        return attribution(self, text_or_ids, position, method, steps, window)
+
+    def gradient_by_lag(self, text_or_ids, max_lag: int = 50, positions: int = 500):
+        """The mean norm of d log p(x_t) / d h (each layer's state) k steps back, k = 0..
+        max_lag, over up to `positions` positions of the text, and the largest singular
+        values of the recurrent matrices: a LagProfile; see rnnlm_engine.attribution."""
+        from .attribution import gradient_by_lag
+
+        return gradient_by_lag(self, text_or_ids, max_lag, positions)
 
     def stream(self):
         """A new Stream: feed tokens one at a time, get next-token probabilities."""
@@ -626,7 +650,9 @@ class Model:
         return logits
 
     def _layer_backward(self, layer, dx, state: State, saved: _Saved, grads) -> np.ndarray:
-        """dx (T*B, H): gradient on this layer's outputs -> gradient on its inputs."""
+        """dx (T*B, H): gradient on this layer's outputs -> gradient on its inputs. grads:
+        the dict to put the layer's weight gradients in, or None to skip the products that
+        only they need (inspection asks for gradients on states and inputs alone)."""
         k, p, c = self._k, self._params, self._config
         hs, cs, acts = saved.hs[layer], saved.cs[layer], saved.acts[layer]
         T, B, H = hs.shape
@@ -654,10 +680,11 @@ class Model:
         )
         flat = dxproj.reshape(T * B, G)
         x_in = saved.layer_inputs[layer]
-        grads[f"rnn.weight_hh_l{layer}"] = dw_hh
-        grads[f"rnn.bias_hh_l{layer}"] = db_hh
-        grads[f"rnn.weight_ih_l{layer}"] = k.matmul(flat, x_in, trans_a=True)
-        grads[f"rnn.bias_ih_l{layer}"] = k.column_sums(flat)
+        if grads is not None:
+            grads[f"rnn.weight_hh_l{layer}"] = dw_hh
+            grads[f"rnn.bias_hh_l{layer}"] = db_hh
+            grads[f"rnn.weight_ih_l{layer}"] = k.matmul(flat, x_in, trans_a=True)
+            grads[f"rnn.bias_ih_l{layer}"] = k.column_sums(flat)
         return k.matmul(
             flat, p[f"rnn.weight_ih_l{layer}"], out=self._work(f"dx{layer}", x_in.shape)
         )

@@ -69,8 +69,10 @@ MAX_LAYERS = 256
 MAX_NDIM = 32  # numpy's own limit on dimensions
 MAX_ELEMENTS = 1 << 40  # in a tensor's shape, counting zero dimensions as 1
 MAX_DEPTH = 32  # nesting of vocab, metadata and training values
-TRAINING_FACTOR = 4  # training tensors may hold at most 4 x parameter bytes + 1 MiB
-TRAINING_SLACK_BYTES = 1 << 20
+TRAINING_FACTOR = 4  # training tensors may hold at most 4 x parameter bytes + 16 MiB
+# the slack holds the epoch's gradient norms (4 bytes a window: 4M windows, 2.9 billion
+# tokens an epoch at batch 20 x bptt 35), which grow with the data, not the model
+TRAINING_SLACK_BYTES = 16 << 20
 
 _FINITE_CHUNK = 1 << 20  # elements per isfinite() pass: bounds the temporary bool array
 _INT_RANGE = (-(1 << 63), 1 << 64)  # what msgpack can encode

@@ -18,11 +18,25 @@ def _flat(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1)  # a view: parameters and gradients are C-contiguous
 
 
+def grad_norm(k: ModuleType, grads: dict[str, np.ndarray]) -> float:
+    """The global L2 norm of all the gradients together, summed in float64 by the backend's
+    sum_of_squares kernel (device arrays stay on the device; one float comes back per
+    gradient). inf or NaN when a gradient is not finite."""
+    return float(np.sqrt(sum(k.sum_of_squares(_flat(g)) for g in grads.values())))
+
+
+def clips(norm: float, max_norm: float) -> bool:
+    """Whether clip_grad_norm(..., max_norm) scales gradients whose global norm is `norm`:
+    torch's test, factor max_norm / (norm + 1e-6) below 1. Never when max_norm is 0 (the
+    training loop's "no clipping")."""
+    return max_norm > 0 and max_norm / (norm + 1e-6) < 1.0
+
+
 def clip_grad_norm(k: ModuleType, grads: dict[str, np.ndarray], max_norm: float) -> float:
     """Scale every gradient in place so that their global L2 norm is at most max_norm, as
     torch.nn.utils.clip_grad_norm_ does (factor max_norm / (norm + 1e-6) when below 1).
     Returns the norm before clipping (inf or NaN when a gradient is not finite)."""
-    norm = float(np.sqrt(sum(k.sum_of_squares(_flat(g)) for g in grads.values())))
+    norm = grad_norm(k, grads)
     factor = max_norm / (norm + 1e-6)
     if factor < 1.0:
         for g in grads.values():

@@ -189,6 +189,23 @@ def xent_forward(logits, bias, targets):
     return -log_softmax(logits, bias)[np.arange(len(targets)), targets]
 
 
+def prediction_stats(logits, bias, targets, k):
+    """Per row of logits (N, V) + bias: (log p(targets) (N,), entropy (N,) nats, rank (N,)
+    = 1 + the count of strictly likelier tokens, the top k ids (N, k) best first with ties
+    the lower id first, and their log-probabilities (N, k))."""
+    lp = log_softmax(logits, bias)
+    rows = np.arange(len(targets))
+    target = lp[rows, targets]
+    top = np.argsort(-lp, axis=1, kind="stable")[:, :k]
+    return (
+        target,
+        -np.sum(np.exp(lp) * lp, axis=1),
+        1 + np.sum(lp > target[:, None], axis=1),
+        top,
+        np.take_along_axis(lp, top, axis=1),
+    )
+
+
 def row_max(logits, bias):
     """(N,) = max over each row of logits + bias."""
     return (logits + bias).max(axis=1)

@@ -8,6 +8,17 @@ current weights with the optimizer state, the data position, the RNG state and t
 carried recurrent state) is written at each epoch end, every `checkpoint_every` minutes
 and on Ctrl-C, so that `resume=` continues exactly where the run stopped: an interrupted
 and resumed run ends with the same weights, bit for bit, as an uninterrupted one.
+
+Each epoch adds one entry to the run's history (TrainResult.history, and the model file's
+metadata["history"]): epoch, lr, train_loss (mean nats per token), seconds, tokens_per_s,
+valid_loss, partial (True for a budget's stop mid-epoch), and the gradient diagnostics,
+over the epoch's training windows:
+- grad_norm_median, grad_norm_max: the global L2 norm of the window's gradients before
+  clipping (measured with clip 0 too), stored as float32; None when no window was measured
+  (an epoch resumed from a checkpoint of an older engine counts the windows after the
+  resume only). A window whose loss or norm is not finite is rolled back, never counted.
+- clipped: the fraction of those windows in which clipping scaled the gradients (0.0 with
+  clip 0), and clipped_windows their number.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+from array import array
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -28,7 +40,7 @@ from . import modelfile
 from .config import ModelConfig
 from .errors import ConfigError, InputError, ModelFileError, RnnlmError
 from .model import Model, State
-from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
+from .optim import OPTIMIZERS, clip_grad_norm, clips, grad_norm, make_optimizer
 from .vocab import Vocabulary
 
 # A run whose loss turns non-finite this many times without a good epoch in between
@@ -281,14 +293,23 @@ class _EpochFigures:
     tokens: int = 0
     loss_sum: float = 0.0
     loss_n: int = 0
+    # each window's gradient norm before clipping, as float32 (4 bytes a window: a
+    # checkpoint stores them as a training tensor, and a resumed run sees the same values)
+    grad_norms: array = field(default_factory=lambda: array("f"))
 
-    def add(self, tokens: int, loss: float) -> None:
+    def add(self, tokens: int, loss: float, norm: float) -> None:
         self.tokens += tokens
         self.loss_sum += loss * tokens
         self.loss_n += tokens
+        self.grad_norms.append(norm)
 
     def copy(self) -> _EpochFigures:
-        return _EpochFigures(self.tokens, self.loss_sum, self.loss_n)
+        # the norms are copied: a rollback replays windows into the snapshot's figures
+        return _EpochFigures(self.tokens, self.loss_sum, self.loss_n, self.grad_norms[:])
+
+    def norms(self) -> np.ndarray:
+        """The windows' gradient norms, (n,) float32 (a view of the figures' own buffer)."""
+        return np.frombuffer(self.grad_norms, dtype=np.float32)
 
 
 class _Run:
@@ -350,6 +371,8 @@ def _training_state(run: _Run, config: TrainConfig, fingerprint: str, epoch_s: f
         if run.hidden.c is not None:
             tensors["state.c"] = run.hidden.c
     tensors = {name: run.model._k.to_host(a) for name, a in tensors.items()}
+    if run.figures.grad_norms:  # absent at an epoch's start (a zero-length tensor says no more)
+        tensors["epoch.grad_norms"] = run.figures.norms().copy()
     values = {
         "kind": "checkpoint",
         "train_config": config.to_dict(),
@@ -460,7 +483,13 @@ def _resume_unchecked(path, f, config, vocab, fingerprint, backend):
     # at an epoch's start the figures are zero (checkpoints of engine 0.1.0 carried a
     # finished epoch's partial figures there: ignored)
     if run.window > 0:
-        run.figures = _EpochFigures(int(tokens), float(loss_sum), int(loss_n))
+        # checkpoints of engines before the gradient diagnostics hold no norms: the
+        # epoch's diagnostics then cover the windows after the resume
+        norms = np.asarray(tensors.get("epoch.grad_norms", np.zeros(0, np.float32)))
+        if norms.ndim != 1 or not norms.size <= run.window:
+            raise ValueError(f"epoch.grad_norms has shape {norms.shape} at window {run.window}")
+        grad_norms = array("f", norms.astype(np.float32).tobytes())
+        run.figures = _EpochFigures(int(tokens), float(loss_sum), int(loss_n), grad_norms)
         run.epoch_seconds_before = float(seconds)
     return run
 
@@ -533,7 +562,7 @@ def train(
         if improved:
             run.best_saved_loss = entry["valid_loss"]
             run.model.save(out, metadata())
-        progress.message(_epoch_line(entry, vocab, improved))
+        progress.message(_epoch_line(entry, vocab, improved, config.clip > 0))
         return improved
 
     def out_of_budget() -> str | None:
@@ -579,16 +608,26 @@ def train(
                     loss, grads, hidden = run.model.loss_and_grad(
                         inputs, targets, run.hidden, masks
                     )
-                norm = clip_grad_norm(run.model._k, grads, config.clip) if config.clip > 0 else 0.0
+                # the norm before clipping; measured without clipping too (diagnostics)
+                k = run.model._k
+                norm = (
+                    clip_grad_norm(k, grads, config.clip)
+                    if config.clip > 0
+                    else grad_norm(k, grads)
+                )
                 if not (math.isfinite(loss) and math.isfinite(norm)):
-                    _roll_back(run, good, progress, loss)  # the figures go back too
+                    if math.isfinite(loss):  # finite loss, overflowing gradients
+                        what = f"the gradient norm became {norm}"
+                    else:
+                        what = f"the loss became {loss}"
+                    _roll_back(run, good, progress, what)  # the figures go back too
                     fig = run.figures
                     continue
                 run.model._apply_update(lambda p, g=grads: run.optimizer.step(p, g))
                 run.hidden = hidden
                 run.window += 1
                 trained_here += 1
-                fig.add(inputs.size, loss)
+                fig.add(inputs.size, loss, norm)
                 dt = time.monotonic() - epoch_t0
                 rate = fig.tokens / dt if dt > 0 else 0.0
                 left = (n_windows - run.window) * config.batch_size * config.bptt
@@ -610,7 +649,7 @@ def train(
                 break
             # end of epoch: validate, keep the best, schedule the learning rate
             run.model._check_bounds()
-            entry = _entry(run, fig, time.monotonic() - epoch_t0)
+            entry = _entry(run, fig, time.monotonic() - epoch_t0, config.clip)
             validate_and_keep(entry)
             improved = entry["valid_loss"] < run.best_valid_loss
             run.best_valid_loss = min(run.best_valid_loss, entry["valid_loss"])
@@ -629,7 +668,7 @@ def train(
         # nothing has nothing new to validate)
         if stopped in ("max_time", "max_windows") and trained_here > 0 and run.figures.loss_n:
             run.model._check_bounds()
-            entry = _entry(run, run.figures, time.monotonic() - epoch_t0)
+            entry = _entry(run, run.figures, time.monotonic() - epoch_t0, config.clip)
             entry["partial"] = True
             validate_and_keep(entry)
         if stopped != "done":
@@ -654,22 +693,31 @@ def train(
     )
 
 
-def _entry(run: _Run, fig: _EpochFigures, seconds: float) -> dict:
+def _entry(run: _Run, fig: _EpochFigures, seconds: float, clip: float) -> dict:
+    """The epoch's history entry (its keys: the module's docstring), valid_loss aside."""
+    norms = fig.norms().astype(np.float64)
+    n_clipped = sum(clips(float(v), clip) for v in norms)
     return {
         "epoch": run.epoch,
         "lr": run.optimizer.lr,
         "train_loss": fig.loss_sum / max(fig.loss_n, 1),
         "seconds": round(seconds, 3),
         "tokens_per_s": round(fig.tokens / seconds, 1) if seconds > 0 else None,
+        "grad_norm_median": float(np.median(norms)) if norms.size else None,
+        "grad_norm_max": float(norms.max()) if norms.size else None,
+        "clipped": n_clipped / norms.size if norms.size else None,
+        "clipped_windows": n_clipped,
     }
 
 
-def _roll_back(run: _Run, good, progress: Progress, loss: float) -> None:
+def _roll_back(run: _Run, good, progress: Progress, what: str) -> None:
+    """Back to the snapshot `good` with half the learning rate. what: what turned
+    non-finite, as a phrase ("the loss became nan")."""
     run.rollbacks += 1
     where = f"epoch {run.epoch}, window {run.window}"
     if run.rollbacks > MAX_ROLLBACKS:
         raise TrainingDiverged(
-            f"training diverged: the loss became {loss} at {where}, {MAX_ROLLBACKS} times in "
+            f"training diverged: {what} at {where}, {MAX_ROLLBACKS} times in "
             f"a row after rolling back and lowering the learning rate (now "
             f"{run.optimizer.lr:g}); start again with a lower --lr, a smaller --clip or "
             f"--init-range"
@@ -678,22 +726,39 @@ def _roll_back(run: _Run, good, progress: Progress, loss: float) -> None:
     run.restore(good)
     run.optimizer.lr = old * 0.5
     progress.message(
-        f"the loss became {loss} at {where}: rolled back to epoch {run.epoch}, window "
+        f"{what} at {where}: rolled back to epoch {run.epoch}, window "
         f"{run.window} and lowered the learning rate from {old:g} to {run.optimizer.lr:g}"
     )
 
 
-def _epoch_line(entry: dict, vocab: Vocabulary, improved: bool) -> str:
+def _epoch_line(entry: dict, vocab: Vocabulary, improved: bool, clipping: bool) -> str:
+    """The epoch's summary on one line; `clipping`: whether the run clips gradients."""
     v = entry["valid_loss"]
     extra = f", {v / math.log(2):.3f} bits/char" if vocab.kind in ("char", "byte") else ""
     partial = " (partial)" if entry.get("partial") else ""
+    grads = ""
+    if entry.get("grad_norm_median") is not None:
+        grads = (
+            f", grad norm median {entry['grad_norm_median']:.3g} max {entry['grad_norm_max']:.3g}"
+        )
+        if clipping:
+            grads += f", clipped {_percent(entry['clipped'])}"
     return (
         f"epoch {entry['epoch']}{partial}: train loss {entry['train_loss']:.3f}, "
         f"valid loss {v:.3f} "
         f"(perplexity {math.exp(min(v, 700.0)):.2f}{extra}), lr {entry['lr']:g}, "
-        f"{entry['seconds']:.0f} s, {entry['tokens_per_s'] or 0:,.0f} tokens/s"
+        f"{entry['seconds']:.0f} s, {entry['tokens_per_s'] or 0:,.0f} tokens/s{grads}"
         + ("  [best so far: saved]" if improved else "")
     )
+
+
+def _percent(fraction: float) -> str:
+    """A fraction as a whole percentage that never rounds some to none, or most to all."""
+    if 0.0 < fraction < 0.005:
+        return "<1%"
+    if 0.995 <= fraction < 1.0:
+        return ">99%"
+    return f"{100 * fraction:.0f}%"
 
 
 def _as_ids(ids, what: str, vocab_size: int) -> np.ndarray:

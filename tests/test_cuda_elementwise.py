@@ -146,6 +146,32 @@ def test_log_softmax(N, V, threads, seed, scale):
 
 
 @settings(max_examples=15)
+@given(**ROW_SHAPES, scale=SCALES, K=st.integers(0, 4), ties=st.booleans())
+@example(N=2, V=33, threads=32, seed=1, scale=10.0, K=3, ties=False)
+def test_prediction_stats(N, V, threads, seed, scale, K, ties):
+    rng = np.random.default_rng(seed)
+    logits, bias = _rows(rng, N, V, scale)
+    if ties:  # repeated values, where the lower id must come first
+        logits, bias = np.round(logits), np.zeros_like(bias)
+    targets = rng.integers(0, V, N).astype(np.int64)
+    K = min(K, V)
+    out = (poisoned((N,)), poisoned((N,)), poisoned((N,), np.int64),
+           poisoned((N, K), np.int64), poisoned((N, K)))  # fmt: skip
+    shift = poisoned((N,))  # ignored
+    ew.prediction_stats(dev(logits), dev(bias), shift, dev(targets), *out, threads=threads)
+    logp, entropy, rank, top_ids, top_vals = (a.copy_to_host() for a in out)
+    want = oracle.prediction_stats(logits.astype(np.float64), bias.astype(np.float64), targets, K)
+    assert rel_err(logp, want[0], floor=1.0) < SOFTMAX_TOL
+    assert rel_err(entropy, want[1], floor=1.0) < SOFTMAX_TOL
+    z = logits + bias  # float32 sums, compared exactly as the kernel does
+    rows = np.arange(N)
+    np.testing.assert_array_equal(rank, 1 + np.sum(z > z[rows, targets][:, None], axis=1))
+    np.testing.assert_array_equal(top_ids, np.argsort(-z, axis=1, kind="stable")[:, :K])
+    if K:
+        assert rel_err(top_vals, want[4], floor=1.0) < SOFTMAX_TOL
+
+
+@settings(max_examples=15)
 @given(**ROW_SHAPES, scale=SCALES)
 def test_xent_forward(N, V, threads, seed, scale):
     rng = np.random.default_rng(seed)

@@ -14,7 +14,15 @@ import pytest
 
 from rnnlm_engine import InputError, Model, ModelConfig, oracle
 from rnnlm_engine.config import CELLS
-from rnnlm_engine.inspection import GATES, gate_saturation
+from rnnlm_engine.inspection import (
+    GATES,
+    LayerTrace,
+    Trace,
+    feature,
+    find_units,
+    gate_saturation,
+    match_spans,
+)
 from rnnlm_engine.vocab import Vocabulary
 
 TOL = 1e-4
@@ -154,3 +162,109 @@ def test_the_cuda_backend_traces_what_the_cpu_does():
         assert oracle.normwise_error(b.layers[layer].c, a.layers[layer].c) < TOL
         for g in "ifgo":
             assert oracle.normwise_error(b.layers[layer].gates[g], a.layers[layer].gates[g]) < TOL
+
+
+# ------------------------------------------------------------ unit search and spans
+
+
+def synthetic_trace(h, vocab=None, tokens=None, c=None):
+    """A Trace holding the given states as layer 0 (for the searches, which read only
+    the states and the tokens)."""
+    T, U = h.shape
+    tokens = np.zeros(T, np.int64) if tokens is None else np.asarray(tokens, np.int64)
+    z = np.zeros(T, np.float32)
+    layer = LayerTrace(np.asarray(h, np.float32), c, {})
+    return Trace(tokens, z, np.zeros(T, np.int64), z, np.zeros((T, 0), np.int64),
+                 np.zeros((T, 0), np.float32), {0: layer}, np.arange(U), "lstm", vocab)  # fmt: skip
+
+
+def test_the_built_in_features_read_the_tokens():
+    text = 'ab "c" (d(e)) f\ng'
+    vocab = Vocabulary.build(text, "char")
+    tr = synthetic_trace(np.zeros((len(text), 1)), vocab, vocab.encode(text))
+    assert feature(tr, "line_position").tolist() == list(range(16)) + [0]
+    #                   a  b  _  "  c  "  _  (  d  (  e  )  )  _  f  \n g
+    assert feature(tr, "in_quotes").tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert feature(tr, "bracket_depth").tolist() == [
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        1,
+        1,
+        2,
+        2,
+        2,
+        1,
+        0,
+        0,
+        0,
+        0,
+    ]
+    words = Vocabulary.build("a b\nc d e\n", "word")
+    tr = synthetic_trace(np.zeros((7, 1)), words, words.encode("a b\nc d e\n"))
+    assert feature(tr, "line_position").tolist() == [0, 1, 2, 0, 1, 2, 3]  # "<eos>" ends lines
+
+
+def test_find_units_ranks_units_by_their_correlation_with_a_feature():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=50)
+    h = rng.normal(size=(50, 5))
+    h[:, 3] = np.tanh(f)  # strongly correlated, not perfectly
+    h[:, 1] = -2 * f  # perfectly anti-correlated
+    h[:, 4] = 0.25  # constant: r = 0
+    found = find_units(synthetic_trace(h), f, top=3, states=("h",))
+    assert [(m.unit, m.state) for m in found[:2]] == [(1, "h"), (3, "h")]
+    assert found[0].r == pytest.approx(-1.0, abs=1e-6)
+    assert found[1].r == pytest.approx(np.corrcoef(f, h[:, 3].astype(np.float32))[0, 1], abs=1e-6)
+    assert all(m.unit != 4 for m in found)
+
+
+def test_find_units_on_a_models_trace_reports_its_states_correlation():
+    text = 'say "hi" (to (me)) now\n' * 3
+    vocab = Vocabulary.build(text, "char")
+    _, model = make("lstm", V=len(vocab), vocab=vocab)
+    tr = model.trace(text)
+    best = find_units(tr, "line_position", top=1)[0]
+    states = tr.layers[best.layer].h if best.state == "h" else tr.layers[best.layer].c
+    want = np.corrcoef(feature(tr, "line_position"), states[:, best.unit])[0, 1]
+    assert best.r == pytest.approx(want, abs=1e-6)
+    every = find_units(tr, "line_position", top=10_000)
+    assert len(every) == 2 * 2 * 6 and abs(best.r) == max(abs(m.r) for m in every)
+
+
+def test_match_spans_finds_where_the_spans_units_are_on_together():
+    h = np.full((30, 4), -1.0)
+    for s, e in [(2, 5), (10, 13), (20, 22), (25, 26)]:
+        h[s:e, 0] = h[s:e, 1] = 1.0
+    h[12:18, 2] = 1.0  # on in part of the query's span only: not chosen
+    h[2:5, 3] = 1.0  # on over the query's span too: chosen
+    h[10:13, 3] = 1.0
+    units, spans = match_spans(synthetic_trace(h), (2, 5), 0.5)
+    assert units.tolist() == [0, 1, 3]
+    assert [(m.start, m.end) for m in spans] == [(10, 13)]
+    units, spans = match_spans(synthetic_trace(h), (2, 5), 0.5, units=[0, 1])
+    assert [(m.start, m.end) for m in spans] == [(10, 13), (20, 22), (25, 26)]
+    _, spans = match_spans(synthetic_trace(h), (2, 5), 0.5, min_fraction=0.6)
+    assert (20, 22) in [(m.start, m.end) for m in spans]
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda tr: find_units(tr, "indent"), "feature must be one of"),
+        (lambda tr: find_units(tr, np.zeros(3)), r"must be \(10,\) finite numbers"),
+        (lambda tr: find_units(tr, np.zeros(10), states=("x",)), "states must be"),
+        (lambda tr: match_spans(tr, (5, 5), 0.5), "0 <= start < end <= 10"),
+        (lambda tr: match_spans(tr, (0, 3), 2.0), "no unit of layer 0 is at or above 2.0"),
+        (lambda tr: match_spans(tr, (0, 3), 0.5, units=[7]), r"\[7\] are not"),
+        (lambda tr: match_spans(tr, (0, 3), 0.5, layer=1), "layer 1 was not kept"),
+        (lambda tr: feature(tr, "line_position"), "no vocabulary"),
+    ],
+)
+def test_bad_searches_are_one_clear_error(call, message):
+    with pytest.raises(InputError, match=message):
+        call(synthetic_trace(np.ones((10, 2))))

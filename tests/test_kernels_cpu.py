@@ -206,6 +206,40 @@ def test_xent_forward(N, V, scale, n_outliers, seed, slack):
     assert np.max(np.abs(nll - want)) < nll_tolerance(logits, bias)
 
 
+def check_prediction_stats(logits, bias, targets, K, got):
+    """got = (logp, entropy, rank, top_ids, top_vals) of a prediction_stats kernel against
+    the oracle; the rank and the top ids exactly against the float32 sums logits + bias
+    that the kernels compare (exact: a comparison adds no rounding)."""
+    logp, entropy, rank, top_ids, top_vals = got
+    want = oracle.prediction_stats(logits.astype(np.float64), bias.astype(np.float64), targets, K)
+    tol = nll_tolerance(logits, bias)  # a difference of logit-sized numbers (see there)
+    assert np.max(np.abs(logp - want[0])) < tol
+    # entropy = log s - sum p (x - m): the same absolute error as the log-normaliser
+    assert np.max(np.abs(entropy - want[1])) < tol
+    z = logits + bias
+    rows = np.arange(len(targets))
+    np.testing.assert_array_equal(rank, 1 + np.sum(z > z[rows, targets][:, None], axis=1))
+    np.testing.assert_array_equal(top_ids, np.argsort(-z, axis=1, kind="stable")[:, :K])
+    if K:
+        assert np.max(np.abs(top_vals - want[4])) < tol
+
+
+@given(**softmax_shapes, K=st.integers(0, 6))
+@example(N=2, V=2100, scale=1.0, n_outliers=0, seed=3, slack=0.0, K=6)  # two sum chunks
+def test_prediction_stats(N, V, scale, n_outliers, seed, slack, K):
+    rng = np.random.default_rng(seed)
+    logits = outlier_logits(rng, N, V, scale, n_outliers)
+    bias = f32(rng, V, scale)
+    if seed % 3 == 0:  # ties: repeated values, where the lower id must come first
+        logits = np.round(logits).astype(np.float32)
+        bias = np.zeros(V, np.float32)
+    targets = rng.integers(0, V, N)
+    K = min(K, V)
+    out = poisoned(N), poisoned(N), np.full(N, -7), np.full((N, K), -7), poisoned((N, K))
+    kc.prediction_stats(logits, bias, shifted(logits, bias, slack), targets, *out)
+    check_prediction_stats(logits, bias, targets, K, out)
+
+
 @given(**softmax_shapes, scale_factor=st.sampled_from([1.0, 1 / 7, 1e-3]))
 @example(N=1, V=2, scale=0.1, n_outliers=1, seed=114, slack=0.0, scale_factor=1.0)
 def test_xent_forward_backward(N, V, scale, n_outliers, seed, slack, scale_factor):

@@ -339,6 +339,67 @@ def xent_forward(logits, bias, targets, shift, nll):
 
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
+def prediction_stats(logits, bias, shift, targets, logp, entropy, rank, top_ids, top_vals):
+    """What a prediction says of each row of logits (N, V) + bias (V,) (inspection):
+    logp (N,) = log softmax[targets[n]]; entropy (N,) in nats; rank (N,) int64 = 1 + the
+    number of tokens strictly likelier than the target; top_ids, top_vals (N, K): the K
+    likeliest tokens and their log-probabilities, best first (ties: the lower id first).
+
+    One pass for the sums (entropy = log s - sum e (x - m) / s with e = exp(x - m), both
+    sums float32 within chunks and float64 across them, as _sum_exp) and the count, one
+    compare-only pass for the top K: the full (N, V) log-probabilities are never written.
+    """
+    N, V = logits.shape
+    K = top_ids.shape[1]
+    chunk = 1024
+    full = V - V % chunk
+    for n in range(N):
+        row = logits[n]
+        m = shift[n]
+        t = targets[n]
+        xt = row[t] + bias[t]
+        s = 0.0
+        s1 = 0.0
+        above = 0
+        for j0 in range(0, V, chunk):
+            j1 = j0 + chunk if j0 < full else V
+            c = np.float32(0.0)
+            c1 = np.float32(0.0)
+            for j in range(j0, j1):
+                x = row[j] + bias[j]
+                d = x - m
+                e = _exp(d)
+                c += e
+                c1 += e * d
+                above += 1 if x > xt else 0
+            s += np.float64(c)
+            s1 += np.float64(c1)
+        lse = np.float64(m) + np.log(s)
+        logp[n] = np.float64(xt) - lse
+        entropy[n] = np.log(s) - s1 / s
+        rank[n] = 1 + above
+        if K == 0:
+            continue
+        for i in range(K):
+            top_vals[n, i] = -np.inf
+            top_ids[n, i] = -1
+        low = np.float32(-np.inf)  # the K-th best so far
+        for j in range(V):
+            x = row[j] + bias[j]
+            if x > low:  # strictly: an equal later id stays behind (ties: lower id first)
+                i = K - 1
+                while i > 0 and x > top_vals[n, i - 1]:
+                    top_vals[n, i] = top_vals[n, i - 1]
+                    top_ids[n, i] = top_ids[n, i - 1]
+                    i -= 1
+                top_vals[n, i] = x
+                top_ids[n, i] = j
+                low = top_vals[n, K - 1]
+        for i in range(K):
+            top_vals[n, i] = np.float32(np.float64(top_vals[n, i]) - lse)
+
+
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
 def xent_forward_backward(logits, bias, targets, shift, scale, nll, dbias):
     """nll (N,) as xent_forward; then, in place, logits (N, V) becomes the gradient of
     scale * sum(nll) with respect to the logits, scale * (softmax - onehot(target)), and

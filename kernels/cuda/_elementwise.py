@@ -241,6 +241,53 @@ def _block_kernels(nt):
             logits[n, j] = g
 
     @cuda.jit
+    def prediction_stats_k(logits, bias, targets, logp, entropy, rank, top_ids, top_vals):
+        shm = cuda.shared.array(nt, float32)
+        shs = cuda.shared.array(nt, float32)
+        sh1 = cuda.shared.array(nt, float32)
+        shc = cuda.shared.array(nt, int64)
+        n = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        V = logits.shape[1]
+        t = targets[n]
+        xt = logits[n, t] + bias[t]
+        m, s = _row_lse_parts(logits, bias, n, tid, nt, shm, shs)  # ends on a barrier
+        s1 = _ZERO32
+        above = 0
+        for j in range(tid, V, nt):
+            d = logits[n, j] + bias[j] - m
+            s1 += math.exp(d) * d
+            if d + m > xt:
+                above += 1
+        sh1[tid] = s1
+        shc[tid] = above
+        cuda.syncthreads()
+        s1 = _tree_sum(sh1, tid, nt)
+        above = _tree_sum(shc, tid, nt)
+        if tid == 0:
+            lse = m + math.log(s)
+            logp[n] = xt - lse
+            entropy[n] = math.log(s) - s1 / s
+            rank[n] = 1 + above
+            # the top K by one thread: K is small and the rows run in parallel blocks
+            K = top_ids.shape[1]
+            for i in range(K):
+                top_vals[n, i] = _NEG_INF32
+                top_ids[n, i] = -1
+            for j in range(V if K > 0 else 0):
+                x = logits[n, j] + bias[j]
+                if x > top_vals[n, K - 1]:
+                    i = K - 1
+                    while i > 0 and x > top_vals[n, i - 1]:
+                        top_vals[n, i] = top_vals[n, i - 1]
+                        top_ids[n, i] = top_ids[n, i - 1]
+                        i -= 1
+                    top_vals[n, i] = x
+                    top_ids[n, i] = j
+            for i in range(K):
+                top_vals[n, i] -= lse
+
+    @cuda.jit
     def sum_of_squares_k(x, partial):
         sh = cuda.shared.array(nt, float64)
         tid = cuda.threadIdx.x
@@ -274,6 +321,7 @@ def _block_kernels(nt):
         log_softmax=log_softmax_k,
         xent_forward=xent_forward_k,
         xent_forward_backward=xent_forward_backward_k,
+        prediction_stats=prediction_stats_k,
         sum_of_squares=sum_of_squares_k,
         max_abs=max_abs_k,
     )
@@ -310,6 +358,21 @@ def xent_forward(logits, bias, targets, shift, nll, *, threads=None):
         return
     t = _threads(threads)
     _block_kernels(t).xent_forward[N, t](logits, bias, targets, nll)
+
+
+def prediction_stats(
+    logits, bias, shift, targets, logp, entropy, rank, top_ids, top_vals, *, threads=None
+):
+    """Per row of logits (N, V) + bias: logp of the target, entropy, rank, and the top K
+    (ids and log-probabilities, best first, ties lower id first); see the CPU kernel.
+    shift is ignored."""
+    N = logits.shape[0]
+    if N == 0:
+        return
+    t = _threads(threads)
+    _block_kernels(t).prediction_stats[N, t](
+        logits, bias, targets, logp, entropy, rank, top_ids, top_vals
+    )
 
 
 def xent_forward_backward(logits, bias, targets, shift, scale, nll, dbias, *, threads=None):
