@@ -207,6 +207,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", default=None, help="stop once the text ends with this")
     g.set_defaults(func=cmd_generate)
 
+    dg = sub.add_parser(
+        "diagnose",
+        parents=[computing],
+        help="gate saturation, gradient by lag, singular values and feature units over a text",
+    )
+    dg.add_argument("model", metavar="MODEL")
+    dg.add_argument("file", metavar="FILE", help="a UTF-8 text file")
+    dg.add_argument("--json", action="store_true", help="machine-readable output")
+    dg.add_argument("--max-tokens", type=int, default=10_000, metavar="N",
+                    help="read at most the first N tokens (default 10,000)")  # fmt: skip
+    dg.add_argument("--max-lag", type=int, default=50, metavar="K",
+                    help="gradient by lag for lags 0..K (default 50)")  # fmt: skip
+    dg.add_argument("--positions", type=int, default=500, metavar="P",
+                    help="average the gradient by lag over P positions (default 500)")  # fmt: skip
+    dg.set_defaults(func=cmd_diagnose)
+
+    ex = sub.add_parser(
+        "explain", parents=[computing], help="an HTML page that shows what a model sees in a text"
+    )
+    ex.add_argument("model", metavar="MODEL")
+    ex.add_argument("file", metavar="FILE", help="a UTF-8 text file")
+    ex.add_argument("--html", required=True, metavar="OUT", help="the page to write")
+    ex.add_argument("--max-tokens", type=int, default=5_000, metavar="N",
+                    help="show at most the first N tokens (default 5,000)")  # fmt: skip
+    ex.add_argument("--window", type=int, default=20, metavar="W",
+                    help="attribute each token to the W tokens before it (default 20)")  # fmt: skip
+    ex.add_argument("--max-units", type=int, default=256, metavar="U",
+                    help="units offered by the unit picker (default 256)")  # fmt: skip
+    ex.set_defaults(func=cmd_explain)
+
     i = sub.add_parser("info", parents=[common], help="describe a model file")
     i.add_argument("model", metavar="MODEL")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -560,6 +590,49 @@ def cmd_generate(args) -> int:
 
 
 # ---------------------------------------------------------------------------- info
+
+
+def cmd_diagnose(args) -> int:
+    from .explain import diagnose, format_diagnosis, read_ids
+    from .model import load
+
+    model = load(args.model, backend=args.backend)
+    ids, note = read_ids(model, args.file, args.max_tokens)
+    if note and not args.quiet:
+        print(f"rnnlm diagnose: {note}", file=sys.stderr)
+    d = diagnose(model, ids, args.max_lag, args.positions)
+    if args.json:
+        print(json.dumps(d))
+    else:
+        for layer in d.get("saturation", {}).values():
+            for s in layer.values():
+                s.pop("per_unit")
+        print(format_diagnosis(d))
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from .explain import read_ids, report_data
+    from .model import load
+    from .report import write_html
+
+    if args.window < 1 or args.max_units < 1:
+        raise InputError("--window and --max-units must be at least 1")
+    model = load(args.model, backend=args.backend)
+    ids, note = read_ids(model, args.file, args.max_tokens)
+    title = f"{Path(args.model).name} on {Path(args.file).name}"
+    say = None if args.quiet else (lambda line: print(f"rnnlm explain: {line}", file=sys.stderr))
+    data = report_data(model, ids, title, window=args.window, max_units=args.max_units, say=say)
+    if note:
+        data["notes"].insert(0, f"this page shows {note}")
+    write_html(args.html, data)
+    if not args.quiet:
+        for n in data["notes"]:
+            if "matplotlib" in n:
+                print(f"rnnlm explain: {n}", file=sys.stderr)
+        size = Path(args.html).stat().st_size
+        print(f"wrote {args.html} ({len(ids):,} tokens, {size / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
 
 
 def cmd_info(args) -> int:

@@ -102,7 +102,7 @@ def trace(model, text_or_ids, top_k: int = 5, layers=None, units=None, chunk: in
             np.empty((T, len(unit_list)), np.float32) if c.cell == "lstm" else None,
             {g: np.empty((T, len(unit_list)), np.float32) for g in names},
         )
-        for layer in layer_list
+        for layer in layer_list.tolist()
     }
     H = c.hidden_size
     state = model.zero_state(1)
