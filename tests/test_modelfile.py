@@ -458,7 +458,7 @@ def move_tensor(delta: int):
 
 def training_too_big(blob: bytes) -> bytes:
     header, data = split(blob)
-    n = (1 << 20) // 4 + 10_000  # the base model has a few hundred parameters
+    n = modelfile.TRAINING_SLACK_BYTES // 4 + 10_000  # the base model: a few hundred parameters
     offset = align(len(data))
     header["training"]["tensors"]["huge"] = {
         "dtype": "<f4",
@@ -1119,9 +1119,9 @@ SAVE_DEFECTS = [
     ),
     (
         "training",
-        lambda t: t | {"tensors": {"m": np.zeros(300_000, np.float32)}},
+        lambda t: t | {"tensors": {"m": np.zeros(4_200_000, np.float32)}},
         ParameterError,
-        "training tensors take 1200000 bytes, more than the format's limit",
+        "training tensors take 16800000 bytes, more than the format's limit",
     ),
 ]
 

@@ -364,16 +364,18 @@ def prediction_stats(logits, bias, shift, targets, logp, entropy, rank, top_ids,
         for j0 in range(0, V, chunk):
             j1 = j0 + chunk if j0 < full else V
             c = np.float32(0.0)
-            c1 = np.float32(0.0)
+            # in float64: the terms e (x - m) share the shift's offset (up to SHIFT_SLACK
+            # above the max), and a float32 sum of them lost 1e-5 of the entropy to it
+            c1 = 0.0
             for j in range(j0, j1):
                 x = row[j] + bias[j]
                 d = x - m
                 e = _exp(d)
                 c += e
-                c1 += e * d
+                c1 += np.float64(e) * np.float64(d)
                 above += 1 if x > xt else 0
             s += np.float64(c)
-            s1 += np.float64(c1)
+            s1 += c1
         lse = np.float64(m) + np.log(s)
         logp[n] = np.float64(xt) - lse
         entropy[n] = np.log(s) - s1 / s

@@ -255,9 +255,10 @@ def _block_kernels(nt):
         s1 = _ZERO32
         above = 0
         for j in range(tid, V, nt):
-            d = logits[n, j] + bias[j] - m
+            x = logits[n, j] + bias[j]
+            d = x - m
             s1 += math.exp(d) * d
-            if d + m > xt:
+            if x > xt:  # x itself: (x - m) + m may round to another float
                 above += 1
         sh1[tid] = s1
         shc[tid] = above
