@@ -33,7 +33,8 @@ import numpy as np
 
 from .errors import InputError
 from .inspection import GATES, _count, _token_ids
-from .model import State, _Saved
+from .state import Saved as _Saved
+from .state import State
 
 METHODS = ("input_x_gradient", "integrated_gradients")
 # windows of this many columns go through one forward and backward pass (memory: about
@@ -251,17 +252,8 @@ def _backward(model, cols, state: State, targets, douts, emb=None):
 
 def _target_gradient(model, top_rows: np.ndarray, targets) -> tuple[np.ndarray, np.ndarray]:
     """For rows of the top layer's output (B, H): (log p(targets) (B,) float64, the
-    gradient of log p(target) on each row (B, H) float32), in float64: W[y] - p W."""
-    k, c = model._k, model.config
-    w = np.asarray(k.to_host(model._params["encoder.weight" if c.tied else "decoder.weight"]))
-    bias = np.asarray(k.to_host(model._params["decoder.bias"]), np.float64)
-    logits = np.asarray(top_rows, np.float64) @ w.T.astype(np.float64) + bias
-    logits -= logits.max(axis=1, keepdims=True)
-    logz = np.log(np.sum(np.exp(logits), axis=1))
-    rows = np.arange(len(targets))
-    logp = logits[rows, targets] - logz
-    p = np.exp(logits - logz[:, None])
-    grad = w[targets].astype(np.float64) - p @ w.astype(np.float64)
+    gradient of log p(target) on each row (B, H) float32), from the output layer."""
+    logp, grad = model._output.target_gradient(top_rows, targets)
     return logp, grad.astype(np.float32)
 
 

@@ -33,7 +33,7 @@ from .inspection import (
     gate_saturation,
     token_strings,
 )
-from .model import State
+from .state import State
 
 REPORT_EXTRA = "pip install 'rnnlm-engine[report]'"
 LAG_REACH = 0.01  # a layer "listens" as far back as its gradient is 1% of its largest

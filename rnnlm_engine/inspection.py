@@ -81,7 +81,7 @@ def trace(model, text_or_ids, top_k: int = 5, layers=None, units=None, chunk: in
     the layers and hidden units whose states and gates are kept (default: all), to bound
     memory on long texts. chunk: tokens per forward pass (the result does not depend on
     it). Raises InputError naming what is wrong."""
-    from .model import _Saved
+    from .state import Saved as _Saved
 
     c = model.config
     ids = _token_ids(model, text_or_ids)
@@ -107,7 +107,6 @@ def trace(model, text_or_ids, top_k: int = 5, layers=None, units=None, chunk: in
     H = c.hidden_size
     state = model.zero_state(1)
     k_ = model._k
-    bias = model._params["decoder.bias"]
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
         saved = _Saved()
@@ -126,13 +125,8 @@ def trace(model, text_or_ids, top_k: int = 5, layers=None, units=None, chunk: in
         n = len(nxt)
         if n == 0:
             continue
-        figures = (k_.empty(n, np.float32), k_.empty(n, np.float32), k_.empty(n, np.int64),
-                   k_.empty((n, k), np.int64), k_.empty((n, k), np.float32))  # fmt: skip
         targets = k_.to_device(np.ascontiguousarray(nxt))
-        for r0, r1, logits in model._decode_blocks(top[:n]):
-            shift = model._softmax_shift(logits)
-            k_.prediction_stats(logits, bias, shift, targets[r0:r1], *(a[r0:r1] for a in figures))
-        lp, ent, rk, ti, tv = (k_.to_host(a) for a in figures)
+        lp, ent, rk, ti, tv = model._output.prediction_stats(top[:n], targets, k)
         sl = slice(t0 + 1, t0 + 1 + n)
         logprob[sl], entropy[sl], rank[sl], top_ids[sl], top_lp[sl] = lp, ent, rk, ti, tv
     return Trace(ids, logprob, rank, entropy, top_ids, top_lp, kept, unit_list, c.cell,

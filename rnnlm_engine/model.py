@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import threading
 from types import ModuleType
-from typing import NamedTuple
 
 import numpy as np
 
@@ -23,13 +22,10 @@ from . import modelfile
 from .backend import get_backend
 from .config import CELLS, GATES, ModelConfig
 from .errors import ConfigError, InputError, ModelFileError, ParameterError, VocabularyError
+from .output import FullSoftmax
+from .state import Saved as _Saved
+from .state import State
 from .vocab import Vocabulary
-
-# Logits block size for forward-only passes: bounds the memory of a long (T, B) window.
-# Blocks of 8M floats (32 MB; 838 rows at V=10000) are as fast as one block here; small,
-# cache-sized blocks were slower (26 ms against 20 ms for 700 rows, V=10000), because the
-# decoder product loses efficiency on few rows.
-_DECODE_BLOCK_FLOATS = 1 << 23
 
 # Forward-only passes read layer 0's input projection E[id] W_ih0^T + b_ih0 from a (V, G)
 # table built on first use, instead of the embedding lookup and a (T*B, E) x (E, G)
@@ -42,17 +38,6 @@ _INPUT_TABLE_MAX_BYTES = 128 << 20
 def _has_input_table(config) -> bool:
     """Whether layer 0's input projection comes from a (V, G) table (see _layer0_table)."""
     return config.vocab_size * config.gate_rows * 4 <= _INPUT_TABLE_MAX_BYTES
-
-
-# Forward passes over at most this many rows decode through a (H, V) copy of the decoder.
-_DECODE_T_MAX_ROWS = 256
-
-
-class State(NamedTuple):
-    """Recurrent state between calls: h (L, B, H) float32; c (L, B, H) for lstm, else None."""
-
-    h: np.ndarray
-    c: np.ndarray | None = None
 
 
 class _Workspace(threading.local):
@@ -70,17 +55,6 @@ class _Workspace(threading.local):
         # the streaming kernel's scratch for the latest number of streams N, as
         # (N, (c0, gx, gh, logits)): only the latest, like the arrays above
         self.stream_scratch: tuple | None = None
-
-
-class _Saved:
-    """What the forward pass keeps for the backward: per-layer inputs and cell outputs."""
-
-    def __init__(self) -> None:
-        self.layer_inputs: list[np.ndarray] = []
-        self.xprojs: list[np.ndarray] = []
-        self.hs: list[np.ndarray] = []
-        self.cs: list[np.ndarray | None] = []
-        self.acts: list[np.ndarray | None] = []
 
 
 class Model:
@@ -104,7 +78,8 @@ class Model:
         self._metadata = dict(metadata or {})
         self._k: ModuleType = get_backend(backend)
         host_params = _validated_params(config, params)
-        self._recurrent_bounds = _check_sums_fit_float32(config, host_params)
+        self._output = FullSoftmax(self)  # the output layer's contract: see output.py
+        self._recurrent_bounds = _check_sums_fit_float32(config, host_params, self._output)
         # aligned for the kernels' vector loads (the CPU copies where numpy's were not), and
         # read-only on the backend too
         self._params = {
@@ -241,7 +216,7 @@ class Model:
         host = {name: np.asarray(self._k.to_host(a)) for name, a in self._params.items()}
         if not all(np.all(np.isfinite(a)) for a in host.values()):
             raise ParameterError("the weights contain NaN or infinity")
-        self._recurrent_bounds = _check_sums_fit_float32(self._config, host)
+        self._recurrent_bounds = _check_sums_fit_float32(self._config, host, self._output)
 
     def release_workspace(self) -> None:
         """Free the work arrays this model keeps for the calling thread."""
@@ -278,12 +253,7 @@ class Model:
         this thread's work arrays, overwritten by its next call)."""
         T, B = ids.shape
         top, new_state = self._forward_layers(ids, state, saved)
-        logprobs = self._k.empty((T * B, self._config.vocab_size), np.float32)
-        bias = self._params["decoder.bias"]
-        for r0, r1, logits in self._decode_blocks(top):
-            shift = self._softmax_shift(logits)
-            self._k.log_softmax(logits, bias, shift, logprobs[r0:r1])
-        return self._k.to_host(logprobs).reshape(T, B, -1), new_state
+        return self._output.log_probs(top).reshape(T, B, -1), new_state
 
     def token_logprobs(self, inputs, targets, state=None) -> tuple[np.ndarray, State]:
         """Scoring pass: (log p(targets[t, b] | history) as (T, B) float32, final State).
@@ -296,10 +266,7 @@ class Model:
         T, B = inputs.shape
         top, new_state = self._forward_layers(inputs, state, None)
         nll = self._work("nll", (T * B,))
-        c, p = self._config, self._params
-        w_dec = p["encoder.weight" if c.tied else "decoder.weight"]
-        targets = self._k.to_device(targets.reshape(-1))
-        self._k.decode_xent(top, w_dec, p["decoder.bias"], targets, nll, self._work)
+        self._output.target_nll(top, self._k.to_device(targets.reshape(-1)), nll)
         return -self._k.to_host(nll).reshape(T, B), new_state  # negation: a fresh array
 
     def loss_and_grad(
@@ -319,32 +286,14 @@ class Model:
         inputs, targets = self._check_pair(inputs, targets)
         state = self._check_state(state, inputs.shape[1])
         masks = self._check_masks(dropout_masks, *inputs.shape)
-        k, p, c = self._k, self._params, self._config
+        k, c = self._k, self._config
         T, B = inputs.shape
         N = T * B
         saved = _Saved()
         top, new_state = self._forward_layers(inputs, state, saved, masks)
-        logits = self._decode(top)
-
-        nll = self._work("nll", (N,))
-        grads: dict[str, np.ndarray] = {"decoder.bias": k.empty(c.vocab_size, np.float32)}
-        shift = self._softmax_shift(logits)
-        k.xent_forward_backward(
-            logits,
-            p["decoder.bias"],
-            k.to_device(targets.reshape(-1)),
-            shift,
-            1.0 / N,
-            nll,
-            grads["decoder.bias"],
-        )
+        targets = k.to_device(targets.reshape(-1))
+        nll, grads, dx = self._output.loss_and_backward(top, targets, 1.0 / N)
         loss = float(np.sum(k.to_host(nll), dtype=np.float64) / N)
-        dlogits = logits  # overwritten in place by the kernel
-
-        w_dec = p["encoder.weight"] if c.tied else p["decoder.weight"]
-        d_dec = k.empty((c.vocab_size, c.hidden_size), np.float32)
-        k.matmul(dlogits, top, out=d_dec, trans_a=True)
-        dx = k.matmul(dlogits, w_dec, out=self._work("dtop", (N, c.hidden_size)))
         if masks is not None:
             k.multiply(dx, masks[c.num_layers], out=dx)
 
@@ -357,9 +306,10 @@ class Model:
             if masks is not None:
                 k.multiply(dx, masks[layer], out=dx)
 
-        d_enc = d_dec if c.tied else k.zeros((c.vocab_size, c.emb_size), np.float32)
-        if not c.tied:
-            grads["decoder.weight"] = d_dec
+        # tied: the output's gradient on encoder.weight, which the embedding's adds to
+        d_enc = grads.get("encoder.weight")
+        if d_enc is None:
+            d_enc = k.zeros((c.vocab_size, c.emb_size), np.float32)
         k.embedding_backward(k.to_device(inputs.reshape(-1)), dx, d_enc)
         grads["encoder.weight"] = d_enc
         return loss, {name: grads[name] for name in c.parameter_shapes()}, new_state
@@ -573,8 +523,7 @@ class Model:
             "b_ih": k.stack([p[f"rnn.bias_ih_l{i}"] for i in range(L)]),
             "w_hh": k.stack([p[f"rnn.weight_hh_l{i}"] for i in range(L)]),
             "b_hh": k.stack([p[f"rnn.bias_hh_l{i}"] for i in range(L)]),
-            "w_dec": p["encoder.weight" if c.tied else "decoder.weight"],
-            "b_dec": p["decoder.bias"],
+            **self._output.stream_weights(),
         }
         for a in built.values():
             k.freeze(a)
@@ -596,13 +545,6 @@ class Model:
 
         return self._cached("input_table", build)
 
-    def _softmax_shift(self, logits):
-        """The softmax kernels' per-row shift for these logits (finite: the parameters'
-        bounds, checked at construction, keep every logit finite)."""
-        shift = self._work("shift", (logits.shape[0],))
-        self._k.row_shift(logits, self._params["decoder.bias"], shift)
-        return shift
-
     def _work(self, name: str, shape: tuple) -> np.ndarray:
         """The calling thread's float32 work array `name`, (re)allocated to `shape`."""
         arrays = self._ws.arrays
@@ -610,44 +552,6 @@ class Model:
         if a is None or a.shape != shape:
             a = arrays[name] = self._k.empty(shape, np.float32)
         return a
-
-    def _decode_blocks(self, top):
-        """Yield (r0, r1, logits of rows r0:r1) block by block, for passes that need no
-        gradient, so that memory stays bounded however long the window."""
-        k, c = self._k, self._config
-        w_dec = self._params["encoder.weight" if c.tied else "decoder.weight"]
-        N = top.shape[0]
-        rows = max(1, min(N, _DECODE_BLOCK_FLOATS // c.vocab_size))
-        buf = self._work("logits", (rows, c.vocab_size))
-        # few rows (a StreamBatch step): BLAS repacks all of W for every product, which
-        # costs more than the product itself; a (H, V) copy needs no repacking (64 rows,
-        # V=10000, H=200: 1.6 ms against 2.5 ms); many rows amortise the packing
-        transposed = N > _DECODE_T_MAX_ROWS
-        w = w_dec if transposed else self._decoder_t()
-        for r0 in range(0, N, rows):
-            r1 = min(N, r0 + rows)
-            logits = buf[: r1 - r0]
-            k.matmul(top[r0:r1], w, out=logits, trans_b=transposed)
-            yield r0, r1, logits
-
-    def _decoder_t(self):
-        """A C-contiguous (H, V) copy of the decoder matrix (built once, on first use)."""
-
-        def build():
-            k, c = self._k, self._config
-            w_dec = self._params["encoder.weight" if c.tied else "decoder.weight"]
-            return k.freeze(k.to_device(np.ascontiguousarray(k.to_host(w_dec).T)))
-
-        return self._cached("decoder_t", build)
-
-    def _decode(self, top):
-        """top (N, H) -> logits (N, V) = top W^T, without the bias (the softmax kernels
-        add it)."""
-        k, p, c = self._k, self._params, self._config
-        w_dec = p["encoder.weight"] if c.tied else p["decoder.weight"]
-        logits = self._work("logits", (top.shape[0], c.vocab_size))
-        k.matmul(top, w_dec, out=logits, trans_b=True)
-        return logits
 
     def _layer_backward(self, layer, dx, state: State, saved: _Saved, grads) -> np.ndarray:
         """dx (T*B, H): gradient on this layer's outputs -> gradient on its inputs. grads:
@@ -930,7 +834,7 @@ def _validated_params(config: ModelConfig, params: dict) -> dict[str, np.ndarray
 _FLOAT32_SUM_LIMIT = 1e38
 
 
-def _check_sums_fit_float32(config: ModelConfig, params: dict[str, np.ndarray]) -> list:
+def _check_sums_fit_float32(config: ModelConfig, params: dict[str, np.ndarray], output) -> list:
     """Raise ParameterError when some pre-activation or logit could overflow float32.
 
     Every cell output lies in [-1, 1] (tanh, and convex mixes of tanh), so each row of a
@@ -969,11 +873,7 @@ def _check_sums_fit_float32(config: ModelConfig, params: dict[str, np.ndarray]) 
         check([w_ih, w_hh, b_ih, b_hh], input_part + row_l1(w_hh))
         recurrent_bounds.append((float(np.max(input_part)), float(np.max(row_l1(w_hh)))))
         x_bound = 1.0 + (x_bound if config.residual_layers[layer] else 0.0)
-    dec = "encoder.weight" if config.tied else "decoder.weight"
-    check(
-        [dec, "decoder.bias"],
-        row_l1(dec) * x_bound + np.abs(params["decoder.bias"].astype(np.float64)),
-    )
+    output.check_sums(params, x_bound, check)  # the logits
     return recurrent_bounds
 
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from .errors import InputError, VocabularyError
-from .model import State
 from .snapshot import DEFAULT_MAX_SNAPSHOT_TOKENS, Snapshot
+from .state import State
 
 
 class Stream:

@@ -1054,11 +1054,11 @@ def test_repeated_calls_are_deterministic(s):
 def test_decoding_in_several_blocks_matches_oracle(cell, monkeypatch):
     """Forward-only passes decode in row blocks of _DECODE_BLOCK_FLOATS floats; shrink the
     block so that 40 rows take 3 full blocks and a partial one."""
-    import rnnlm_engine.model as model_module
+    import rnnlm_engine.output as output_module
 
     rng = np.random.default_rng(3)
     config = ModelConfig(cell, 23, 5, 7, 2)
-    monkeypatch.setattr(model_module, "_DECODE_BLOCK_FLOATS", 23 * 11)
+    monkeypatch.setattr(output_module, "_DECODE_BLOCK_FLOATS", 23 * 11)
     sd = random_state_dict(config, rng, outlier=True)
     model = Model.from_state_dict(sd, cell=cell)
     inputs, targets = rng.integers(0, 23, (10, 4)), rng.integers(0, 23, (10, 4))
