@@ -22,6 +22,13 @@ class ModelConfig:
     residual: the output of layer l is its cell's h plus its input (the input the cell
     reads, after dropout in training) for every layer l >= 1, and for layer 0 too when
     emb_size == hidden_size (see ``residual_layers``). No parameters are added.
+
+    cutoffs: None (a full softmax over the vocabulary), or the adaptive softmax's cutoffs
+    (PyTorch's nn.AdaptiveLogSoftmaxWithLoss): increasing ids in (0, V); the head scores
+    the ids below cutoffs[0] and one logit per tail cluster, cluster i holds the ids in
+    [cutoffs[i], cutoffs[i + 1]) (the last ends at V) and scores them through a projection
+    to hidden_size // div_value ** (i + 1) units (see ``tail_sizes``); head_bias: whether
+    the head has a bias. Ids are frequency ranks, so the shortlist holds the most frequent.
     """
 
     cell: str
@@ -31,6 +38,9 @@ class ModelConfig:
     num_layers: int
     tied: bool = False
     residual: bool = False
+    cutoffs: tuple[int, ...] | None = None
+    div_value: float = 4.0
+    head_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -45,11 +55,60 @@ class ModelConfig:
             raise ConfigError(f"tied must be True or False; got {self.tied!r}")
         if not isinstance(self.residual, bool):
             raise ConfigError(f"residual must be True or False; got {self.residual!r}")
+        if self.cutoffs is not None:
+            self._check_adaptive()
         if self.tied and self.emb_size != self.hidden_size:
             raise ConfigError(
                 f"tied weights need emb_size == hidden_size; got {self.emb_size} and "
                 f"{self.hidden_size}"
             )
+
+    def _check_adaptive(self) -> None:
+        c = self.cutoffs
+        if isinstance(c, list):
+            object.__setattr__(self, "cutoffs", c := tuple(c))  # from a file's list
+        if (
+            not isinstance(c, tuple)
+            or not c
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in c)
+        ):
+            raise ConfigError(f"cutoffs must be a non-empty sequence of integers; got {c!r}")
+        increasing = all(b > a for a, b in zip(c, c[1:], strict=False))
+        if not increasing or c[0] < 1 or c[-1] >= self.vocab_size:
+            raise ConfigError(
+                f"cutoffs must increase strictly, each in [1, vocab_size - 1] = [1, "
+                f"{self.vocab_size - 1}]; got {list(c)}"
+            )
+        d = self.div_value
+        if isinstance(d, bool) or not isinstance(d, int | float) or not d > 0 or d != d:
+            raise ConfigError(f"div_value must be a positive number; got {d!r}")
+        if not isinstance(self.head_bias, bool):
+            raise ConfigError(f"head_bias must be True or False; got {self.head_bias!r}")
+        if self.tied:
+            raise ConfigError(
+                "tied weights cannot go with an adaptive output (the decoder has no (V, H) "
+                "matrix to share; PyTorch cannot tie them either): use tied=False"
+            )
+        for i, (units, _) in enumerate(self.tail_sizes()):
+            if units < 1:
+                raise ConfigError(
+                    f"tail cluster {i} would project to hidden_size // div_value ** {i + 1} = "
+                    f"{self.hidden_size} // {d} ** {i + 1} = 0 units: use fewer cutoffs or a "
+                    "smaller div_value"
+                )
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the output is an adaptive softmax (cutoffs set)."""
+        return self.cutoffs is not None
+
+    def tail_sizes(self) -> list[tuple[int, int]]:
+        """Per tail cluster (projection units, words), as PyTorch computes them."""
+        bounds = [*self.cutoffs, self.vocab_size]
+        return [
+            (int(self.hidden_size // (self.div_value ** (i + 1))), bounds[i + 1] - bounds[i])
+            for i in range(len(self.cutoffs))
+        ]
 
     @property
     def gate_rows(self) -> int:
@@ -78,6 +137,15 @@ class ModelConfig:
             shapes[f"rnn.weight_hh_l{k}"] = (self.gate_rows, self.hidden_size)
             shapes[f"rnn.bias_ih_l{k}"] = (self.gate_rows,)
             shapes[f"rnn.bias_hh_l{k}"] = (self.gate_rows,)
+        if self.cutoffs is not None:  # nn.AdaptiveLogSoftmaxWithLoss's names under decoder.
+            head = self.cutoffs[0] + len(self.cutoffs)
+            shapes["decoder.head.weight"] = (head, self.hidden_size)
+            if self.head_bias:
+                shapes["decoder.head.bias"] = (head,)
+            for i, (units, words) in enumerate(self.tail_sizes()):
+                shapes[f"decoder.tail.{i}.0.weight"] = (units, self.hidden_size)
+                shapes[f"decoder.tail.{i}.1.weight"] = (words, units)
+            return shapes
         if not self.tied:
             shapes["decoder.weight"] = (self.vocab_size, self.hidden_size)
         shapes["decoder.bias"] = (self.vocab_size,)
@@ -98,11 +166,16 @@ class ModelConfig:
         d = asdict(self)
         if not self.residual:
             del d["residual"]
+        if self.cutoffs is None:  # a full softmax's dict is what it was before them
+            del d["cutoffs"], d["div_value"], d["head_bias"]
+        else:
+            d["cutoffs"] = list(self.cutoffs)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        known = {"cell", "vocab_size", "emb_size", "hidden_size", "num_layers", "tied", "residual"}
+        known = {"cell", "vocab_size", "emb_size", "hidden_size", "num_layers", "tied", "residual",
+                 "cutoffs", "div_value", "head_bias"}  # fmt: skip
         missing = {"cell", "vocab_size", "emb_size", "hidden_size", "num_layers"} - set(d)
         if missing:
             raise ConfigError(f"config is missing {', '.join(sorted(missing))}")

@@ -73,6 +73,11 @@ class Model:
                 f"the vocabulary has {len(vocab)} tokens but the model's vocab_size is "
                 f"{config.vocab_size}"
             )
+        if config.adaptive:
+            raise ConfigError(
+                "the adaptive softmax output is not in the engine's kernels yet (its float64 "
+                "math is: rnnlm_engine.oracle); build a model with a full softmax"
+            )
         self._config = config
         self._vocab = vocab
         self._metadata = dict(metadata or {})

@@ -178,6 +178,11 @@ def save(
     train_arrays, train_values = _prepare_training(target, training, 4 * config.num_parameters())
 
     features = _features(config)
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:  # a file that this engine could not read back
+        raise ConfigError(
+            f"cannot save {target}: this rnnlm-engine cannot write {_names(unknown)} yet"
+        )
     # tensors are laid out in this order: parameters in config order, then training tensors
     entries: dict[str, dict] = {}
     train_entries: dict[str, dict] = {}
@@ -587,8 +592,9 @@ def _parse(shown: str, blob: bytes, header, data_start: int, data_len: int) -> M
 
 
 def _features(config: ModelConfig) -> list[str]:
-    """The features of FEATURES that a model of this config needs of a reader."""
-    return ["residual"] if config.residual else []
+    """The features a model of this config needs of a reader (this one knows FEATURES;
+    "adaptive", the adaptive softmax output, is not among them yet: issue 12)."""
+    return (["residual"] if config.residual else []) + (["adaptive"] if config.adaptive else [])
 
 
 def _check_features(shown: str, header: dict, version: tuple[int, int], config) -> None:

@@ -263,6 +263,70 @@ def scale_inplace(x, factor):
 # ---------------------------------------------------------------------------- whole model
 
 
+# ---------------------------------------------------------------------------- adaptive softmax
+# PyTorch's nn.AdaptiveLogSoftmaxWithLoss (Grave et al. 2017): the head scores the shortlist
+# (ids below cutoffs[0]) and one logit per tail cluster; cluster i scores its ids through
+# a projection (no bias) and a linear map (no bias); log p(w) of a tail word is the head's
+# log-probability of its cluster plus the cluster's log-probability of w.
+
+
+def _adaptive_head(p, top):
+    head = top @ p["decoder.head.weight"].T
+    if "decoder.head.bias" in p:
+        head = head + p["decoder.head.bias"]
+    return head
+
+
+def _clusters(config):
+    """(low, high) of each tail cluster's ids."""
+    bounds = [*config.cutoffs, config.vocab_size]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def adaptive_log_probs(p, config, top):
+    """top (N, H) -> (N, V) log-probabilities (PyTorch's log_prob)."""
+    head_lp = log_softmax(_adaptive_head(p, top))
+    shortlist = config.cutoffs[0]
+    out = [head_lp[:, :shortlist]]
+    for i in range(len(config.cutoffs)):
+        proj = top @ p[f"decoder.tail.{i}.0.weight"].T
+        cluster_lp = log_softmax(proj @ p[f"decoder.tail.{i}.1.weight"].T)
+        out.append(cluster_lp + head_lp[:, shortlist + i : shortlist + i + 1])
+    return np.concatenate(out, axis=1)
+
+
+def adaptive_backward(p, config, top, targets, scale):
+    """(nll (N,), gradients of scale * sum(nll) on the decoder.* parameters, on top (N, H)).
+    Each tail cluster is computed for the rows whose targets fall in it, as PyTorch does."""
+    N = top.shape[0]
+    shortlist = config.cutoffs[0]
+    head = _adaptive_head(p, top)
+    gather = targets.copy()  # the head's target: the word, or its cluster's logit
+    nll = np.zeros(N)
+    grads = {}
+    dtop = np.zeros_like(top)
+    for i, (low, high) in enumerate(_clusters(config)):
+        rows = np.flatnonzero((targets >= low) & (targets < high))
+        gather[rows] = shortlist + i
+        w0, w1 = p[f"decoder.tail.{i}.0.weight"], p[f"decoder.tail.{i}.1.weight"]
+        proj = top[rows] @ w0.T
+        out = proj @ w1.T
+        rel = targets[rows] - low
+        nll[rows] = xent_forward(out, 0.0, rel)
+        dout = xent_backward(out, 0.0, rel, scale)
+        grads[f"decoder.tail.{i}.1.weight"] = dout.T @ proj
+        dproj = dout @ w1
+        grads[f"decoder.tail.{i}.0.weight"] = dproj.T @ top[rows]
+        dtop[rows] += dproj @ w0
+    nll += xent_forward(head, 0.0, gather)
+    dhead = xent_backward(head, 0.0, gather, scale)
+    grads["decoder.head.weight"] = dhead.T @ top
+    if "decoder.head.bias" in p:
+        grads["decoder.head.bias"] = dhead.sum(axis=0)
+    dtop += dhead @ p["decoder.head.weight"]
+    return nll, grads, dtop
+
+
 def _params64(params):
     return {k: np.asarray(v, np.float64) for k, v in params.items()}
 
@@ -299,7 +363,8 @@ def _run_layers(p, config, ids, state, masks=None):
         x = hs + x if residual[k] else hs  # a residual layer's output adds its input
     if masks is not None:
         x = x * masks[config.num_layers]
-    logits = x.reshape(T * B, -1) @ _decoder_weight(p, config).T
+    top = x.reshape(T * B, -1)
+    logits = None if config.adaptive else top @ _decoder_weight(p, config).T
     new_state = (np.stack(h_final), None if c0s is None else np.stack(c_final))
     return logits, new_state, (layer_inputs, caches, x)
 
@@ -307,8 +372,10 @@ def _run_layers(p, config, ids, state, masks=None):
 def model_forward(params, config: ModelConfig, ids, state=None):
     """ids (T, B) -> (logprobs (T, B, V), (h (L, B, H), c (L, B, H) or None))."""
     p = _params64(params)
-    logits, new_state, _ = _run_layers(p, config, np.asarray(ids), state)
+    logits, new_state, (_, _, top) = _run_layers(p, config, np.asarray(ids), state)
     T, B = ids.shape
+    if config.adaptive:
+        return adaptive_log_probs(p, config, top.reshape(T * B, -1)).reshape(T, B, -1), new_state
     return log_softmax(logits, p["decoder.bias"]).reshape(T, B, -1), new_state
 
 
@@ -325,15 +392,23 @@ def model_loss_and_grad(params, config: ModelConfig, inputs, targets, state=None
     masks = None if masks is None else [np.asarray(m, np.float64) for m in masks]
     logits, new_state, (layer_inputs, caches, top) = _run_layers(p, config, inputs, state, masks)
     flat_targets = targets.reshape(-1)
-    loss = float(xent_forward(logits, p["decoder.bias"], flat_targets).mean())
-    dlogits = xent_backward(logits, p["decoder.bias"], flat_targets, 1.0 / (T * B))
-
     grads = {name: np.zeros(shape) for name, shape in config.parameter_shapes().items()}
-    w_dec = _decoder_weight(p, config)
-    dec_name = "encoder.weight" if config.tied else "decoder.weight"
-    grads[dec_name] += dlogits.T @ top.reshape(T * B, -1)
-    grads["decoder.bias"] += dlogits.sum(axis=0)
-    dx = (dlogits @ w_dec).reshape(T, B, -1)
+    if config.adaptive:
+        nll, dec_grads, dtop = adaptive_backward(
+            p, config, top.reshape(T * B, -1), flat_targets, 1.0 / (T * B)
+        )
+        loss = float(nll.mean())
+        for name, g in dec_grads.items():
+            grads[name] += g
+        dx = dtop.reshape(T, B, -1)
+    else:
+        loss = float(xent_forward(logits, p["decoder.bias"], flat_targets).mean())
+        dlogits = xent_backward(logits, p["decoder.bias"], flat_targets, 1.0 / (T * B))
+        w_dec = _decoder_weight(p, config)
+        dec_name = "encoder.weight" if config.tied else "decoder.weight"
+        grads[dec_name] += dlogits.T @ top.reshape(T * B, -1)
+        grads["decoder.bias"] += dlogits.sum(axis=0)
+        dx = (dlogits @ w_dec).reshape(T, B, -1)
     if masks is not None:
         dx = dx * masks[config.num_layers]
     residual = config.residual_layers
