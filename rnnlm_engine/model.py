@@ -22,7 +22,7 @@ from . import modelfile
 from .backend import get_backend
 from .config import CELLS, GATES, ModelConfig
 from .errors import ConfigError, InputError, ModelFileError, ParameterError, VocabularyError
-from .output import FullSoftmax
+from .output import make_output
 from .state import Saved as _Saved
 from .state import State
 from .vocab import Vocabulary
@@ -73,17 +73,12 @@ class Model:
                 f"the vocabulary has {len(vocab)} tokens but the model's vocab_size is "
                 f"{config.vocab_size}"
             )
-        if config.adaptive:
-            raise ConfigError(
-                "the adaptive softmax output is not in the engine's kernels yet (its float64 "
-                "math is: rnnlm_engine.oracle); build a model with a full softmax"
-            )
         self._config = config
         self._vocab = vocab
         self._metadata = dict(metadata or {})
         self._k: ModuleType = get_backend(backend)
         host_params = _validated_params(config, params)
-        self._output = FullSoftmax(self)  # the output layer's contract: see output.py
+        self._output = make_output(self)  # the output layer's contract: see output.py
         self._recurrent_bounds = _check_sums_fit_float32(config, host_params, self._output)
         # aligned for the kernels' vector loads (the CPU copies where numpy's were not), and
         # read-only on the backend too
@@ -435,6 +430,8 @@ class Model:
         """A new Stream: feed tokens one at a time, get next-token probabilities."""
         from .stream import Stream
 
+        self._output.stream_weights()  # an output the streaming kernel cannot run says so
+
         return Stream(self)
 
     def fingerprint(self) -> str:
@@ -781,6 +778,14 @@ def _infer_config(sd: dict, cell: str, tied: bool, residual: bool = False) -> Mo
         layers += 1
     if layers == 0:
         raise ParameterError("state_dict has no 'rnn.weight_ih_l0'")
+    adaptive = (
+        _infer_adaptive(sd, int(enc[0]), int(H), shape_of) if "decoder.head.weight" in sd else {}
+    )
+    if adaptive and tied:
+        raise ConfigError(
+            "tied=True, but the state_dict has an adaptive output (decoder.head.weight), "
+            "which cannot be tied: pass tied=False"
+        )
     return ModelConfig(
         cell=cell,
         vocab_size=int(enc[0]),
@@ -789,7 +794,53 @@ def _infer_config(sd: dict, cell: str, tied: bool, residual: bool = False) -> Mo
         num_layers=layers,
         tied=tied,
         residual=residual,
+        **adaptive,
     )
+
+
+def _infer_adaptive(sd: dict, V: int, H: int, shape_of) -> dict:
+    """cutoffs, div_value and head_bias of an nn.AdaptiveLogSoftmaxWithLoss decoder from
+    its parameters' shapes (head (C + n, H), tail i (u_i, H) and (w_i, u_i))."""
+    n = 0
+    while f"decoder.tail.{n}.0.weight" in sd:
+        n += 1
+    head = shape_of("decoder.head.weight")
+    if n == 0 or len(head) != 2 or head[0] <= n:
+        raise ParameterError(
+            f"decoder.head.weight has shape {head} with {n} tail cluster(s) "
+            "(decoder.tail.{i}.0.weight): not an adaptive softmax's head (C + n, H)"
+        )
+    cutoffs, units = [head[0] - n], []
+    for i in range(n):
+        s0, s1 = shape_of(f"decoder.tail.{i}.0.weight"), shape_of(f"decoder.tail.{i}.1.weight")
+        if len(s0) != 2 or len(s1) != 2 or s1[1] != s0[0] or s0[1] != H or s1[0] < 1:
+            raise ParameterError(
+                f"decoder.tail.{i} has shapes {s0} and {s1}: they must be (u, {H}) and (w, u)"
+            )
+        units.append(s0[0])
+        cutoffs.append(cutoffs[-1] + s1[0])
+    if cutoffs[-1] != V:
+        raise ParameterError(
+            f"the adaptive output covers {cutoffs[-1]} ids (shortlist {cutoffs[0]} + the "
+            f"tails' {cutoffs[-1] - cutoffs[0]}), but encoder.weight has {V} rows"
+        )
+    # div_value: PyTorch projects tail i to int(H // div ** (i + 1)) units; the shapes pin
+    # it down only to a range, so take the default 4 or another power that fits
+    candidates = [4.0, 2.0, 8.0, 3.0, 16.0, float(H) / units[0]]
+    div = next(
+        (d for d in candidates if all(int(H // d ** (i + 1)) == u for i, u in enumerate(units))),
+        None,
+    )
+    if div is None:
+        raise ParameterError(
+            f"the tail projections have {units} units for hidden size {H}: no div_value "
+            "gives H // div_value ** (i + 1) for each"
+        )
+    return {
+        "cutoffs": tuple(cutoffs[:-1]),
+        "div_value": div,
+        "head_bias": "decoder.head.bias" in sd,
+    }
 
 
 def _as_array(name: str, value) -> np.ndarray:

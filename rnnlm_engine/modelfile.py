@@ -47,7 +47,7 @@ FORMAT_NAME = "rnnlm-engine model"
 FORMAT_VERSION = (2, 0)
 # What a format-2 model may need of its reader, listed in the header's "features": a
 # reader refuses a file that needs one it does not know (a 1.x reader refuses major 2).
-FEATURES = ("residual",)
+FEATURES = ("residual", "adaptive")
 MAGIC = b"\x89RNNLM\r\n"  # \x89 catches 7-bit transfers, \r\n catches newline translation
 
 PREAMBLE = struct.Struct("<8sQQ")  # magic, header length, data length
@@ -65,6 +65,7 @@ HEADER_MEMORY_FACTOR = 24
 HEADER_MEMORY_SLACK = 1 << 20
 MAX_VOCAB_SIZE = 100_000_000
 MAX_WIDTH = 1 << 20  # emb_size and hidden_size
+MAX_CUTOFFS = 64  # an adaptive output's tail clusters
 MAX_LAYERS = 256
 MAX_NDIM = 32  # numpy's own limit on dimensions
 MAX_ELEMENTS = 1 << 40  # in a tensor's shape, counting zero dimensions as 1
@@ -592,8 +593,7 @@ def _parse(shown: str, blob: bytes, header, data_start: int, data_len: int) -> M
 
 
 def _features(config: ModelConfig) -> list[str]:
-    """The features a model of this config needs of a reader (this one knows FEATURES;
-    "adaptive", the adaptive softmax output, is not among them yet: issue 12)."""
+    """The features of FEATURES that a model of this config needs of a reader."""
     return (["residual"] if config.residual else []) + (["adaptive"] if config.adaptive else [])
 
 
@@ -672,9 +672,21 @@ def _config(shown: str, raw) -> ModelConfig:
         value = raw.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise _error(shown, f"invalid config: {key} is {_repr.repr(value)}, not an integer")
-    for key in ("tied", "residual"):
+    for key in ("tied", "residual", "head_bias"):
         if key in raw and not isinstance(raw[key], bool):
             raise _error(shown, f"invalid config: {key} is {_repr.repr(raw[key])}, not a bool")
+    cutoffs = raw.get("cutoffs")
+    if cutoffs is not None and not (
+        isinstance(cutoffs, list)
+        and 0 < len(cutoffs) <= MAX_CUTOFFS
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in cutoffs)
+    ):
+        raise _error(
+            shown, f"invalid config: cutoffs is {_repr.repr(cutoffs)}, not a list of integers"
+        )
+    div = raw.get("div_value")
+    if div is not None and (isinstance(div, bool) or not isinstance(div, int | float)):
+        raise _error(shown, f"invalid config: div_value is {_repr.repr(div)}, not a number")
     try:
         config = ModelConfig.from_dict(raw)
     except (ConfigError, TypeError, ValueError) as e:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import ConfigError
+
 # Logits block size for forward-only passes: bounds the memory of a long (T, B) window.
 # Blocks of 8M floats (32 MB; 838 rows at V=10000) are as fast as one block here; small,
 # cache-sized blocks were slower (26 ms against 20 ms for 700 rows, V=10000), because the
@@ -93,12 +95,7 @@ class FullSoftmax:
         k = self._m._k
         w = np.asarray(k.to_host(self._m._params[self.weight_name]), np.float64)
         bias = np.asarray(k.to_host(self._m._params["decoder.bias"]), np.float64)
-        logits = np.asarray(top_rows, np.float64) @ w.T + bias
-        logits -= logits.max(axis=1, keepdims=True)
-        logz = np.log(np.sum(np.exp(logits), axis=1))
-        rows = np.arange(len(targets))
-        p = np.exp(logits - logz[:, None])
-        return logits[rows, targets] - logz, w[targets] - p @ w
+        return _softmax_gradient(np.asarray(top_rows, np.float64) @ w.T + bias, targets, w)
 
     def stream_weights(self) -> dict:
         p = self._m._params
@@ -148,3 +145,223 @@ class FullSoftmax:
             return k.freeze(k.to_device(np.ascontiguousarray(host.T)))
 
         return m._cached("decoder_t", build)
+
+
+class AdaptiveSoftmax:
+    """PyTorch's nn.AdaptiveLogSoftmaxWithLoss (Grave et al. 2017) under the same contract.
+
+    The head (W_h (C + n, H), bias optional) scores the shortlist, ids below C = cutoffs[0],
+    and one logit per tail cluster; cluster i scores its ids [low_i, high_i) through a
+    projection P_i (u_i, H) and a map O_i (w_i, u_i), neither with a bias. log p(w) of a
+    tail word = the head's log-probability of its cluster + the cluster's of w. Built from
+    the backend's kernels (products, the softmax and cross-entropy kernels with a zero bias,
+    row gathers and scatter-adds), so it runs on either backend. Training and scoring
+    compute a tail only for the rows whose targets fall in it, as PyTorch does; the full
+    distribution (log_probs) computes every tail for every row.
+    """
+
+    def __init__(self, model) -> None:
+        self._m = model
+        c = model.config
+        self.shortlist = c.cutoffs[0]
+        bounds = [*c.cutoffs, c.vocab_size]
+        self.clusters = list(zip(bounds[:-1], bounds[1:], strict=True))
+        self.head_size = self.shortlist + len(self.clusters)
+
+    # -------------------------------------------------------------------- the contract
+
+    def log_probs(self, top) -> np.ndarray:
+        m = self._m
+        k = m._k
+        N = top.shape[0]
+        out = np.empty((N, m.config.vocab_size), np.float32)
+        head_lp = self._log_softmax(self._head_logits(top), self._head_bias())
+        out[:, : self.shortlist] = head_lp[:, : self.shortlist]
+        for i, (low, high) in enumerate(self.clusters):
+            proj = k.matmul(top, m._params[f"decoder.tail.{i}.0.weight"], trans_b=True)
+            logits = k.matmul(proj, m._params[f"decoder.tail.{i}.1.weight"], trans_b=True)
+            lp = self._log_softmax(logits, self._zeros(high - low))
+            out[:, low:high] = lp + head_lp[:, self.shortlist + i, None]
+        return out
+
+    def target_nll(self, top, targets, nll) -> None:
+        k = self._m._k
+        t = np.asarray(k.to_host(targets))
+        gather, rows = self._split(t)
+        head = self._head_logits(top)
+        head_nll = k.empty(top.shape[0], np.float32)
+        bias = self._head_bias()
+        k.xent_forward(head, bias, k.to_device(gather), self._shift(head, bias), head_nll)
+        total = np.array(k.to_host(head_nll), np.float32)
+        for i, r in enumerate(rows):
+            if len(r):
+                out, _ = self._tail(top, i, r)
+                part = k.empty(len(r), np.float32)
+                rel = k.to_device(t[r] - self.clusters[i][0])
+                zeros = self._zeros(out.shape[1])
+                k.xent_forward(out, zeros, rel, self._shift(out, zeros), part)
+                total[r] += k.to_host(part)
+        k.copy(nll, total)
+
+    def loss_and_backward(self, top, targets, scale: float):
+        m = self._m
+        k, p, c = m._k, m._params, m.config
+        N, H = top.shape
+        t = np.asarray(k.to_host(targets))
+        gather, rows = self._split(t)
+        head = self._head_logits(top)
+        head_nll = k.empty(N, np.float32)
+        d_bias = k.empty(self.head_size, np.float32)
+        bias = self._head_bias()
+        shift = self._shift(head, bias)
+        k.xent_forward_backward(head, bias, k.to_device(gather), shift, scale, head_nll, d_bias)
+        dhead = head  # overwritten in place by the kernel
+        grads = {"decoder.head.weight": k.matmul(dhead, top, trans_a=True)}
+        if c.head_bias:
+            grads["decoder.head.bias"] = d_bias
+        dtop = k.matmul(dhead, p["decoder.head.weight"], out=m._work("dtop", (N, H)))
+        total = np.array(k.to_host(head_nll), np.float32)
+        for i, r in enumerate(rows):
+            w0, w1 = p[f"decoder.tail.{i}.0.weight"], p[f"decoder.tail.{i}.1.weight"]
+            if not len(r):  # no target in this cluster: no gradient on its weights
+                grads[f"decoder.tail.{i}.0.weight"] = k.zeros(w0.shape, np.float32)
+                grads[f"decoder.tail.{i}.1.weight"] = k.zeros(w1.shape, np.float32)
+                continue
+            out, (x, proj, r_dev) = self._tail(top, i, r)
+            part = k.empty(len(r), np.float32)
+            zeros = self._zeros(out.shape[1])
+            scratch = k.empty(out.shape[1], np.float32)  # the zero bias's gradient: unused
+            rel = k.to_device(t[r] - self.clusters[i][0])
+            k.xent_forward_backward(out, zeros, rel, self._shift(out, zeros), scale, part, scratch)
+            total[r] += k.to_host(part)
+            dout = out
+            grads[f"decoder.tail.{i}.1.weight"] = k.matmul(dout, proj, trans_a=True)
+            dproj = k.matmul(dout, w1)
+            grads[f"decoder.tail.{i}.0.weight"] = k.matmul(dproj, x, trans_a=True)
+            k.embedding_backward(r_dev, k.matmul(dproj, w0), dtop)  # dtop[r] += dproj P_i
+        return k.to_device(total), grads, dtop
+
+    def prediction_stats(self, top, targets, top_k: int):
+        """From the full log-probabilities, rows in blocks: they are normalised already,
+        so the kernel's log-normaliser is 0 up to rounding (and is subtracted anyway)."""
+        m = self._m
+        k, V = m._k, m.config.vocab_size
+        n = top.shape[0]
+        figures = (np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.int64),
+                   np.empty((n, top_k), np.int64), np.empty((n, top_k), np.float32))  # fmt: skip
+        zeros = self._zeros(V)
+        rows = max(1, _DECODE_BLOCK_FLOATS // V)
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            lp = k.to_device(self.log_probs(top[r0:r1]))
+            out = tuple(k.empty(a[r0:r1].shape, a.dtype) for a in figures)
+            k.prediction_stats(lp, zeros, self._shift(lp, zeros), targets[r0:r1], *out)
+            for a, b in zip(figures, out, strict=True):
+                a[r0:r1] = k.to_host(b)
+        return figures
+
+    def target_gradient(self, top_rows: np.ndarray, targets) -> tuple[np.ndarray, np.ndarray]:
+        k, p = self._m._k, self._m._params
+
+        def w(name):
+            return np.asarray(k.to_host(p[name]), np.float64)
+
+        x = np.asarray(top_rows, np.float64)
+        targets = np.asarray(targets)
+        gather, rows = self._split(targets)
+        logp, grad = _softmax_gradient(x @ w("decoder.head.weight").T + self._head_bias_host(),
+                                       gather, w("decoder.head.weight"))  # fmt: skip
+        for i, r in enumerate(rows):
+            if len(r):
+                w0, w1 = w(f"decoder.tail.{i}.0.weight"), w(f"decoder.tail.{i}.1.weight")
+                lp, g = _softmax_gradient(
+                    (x[r] @ w0.T) @ w1.T, targets[r] - self.clusters[i][0], w1
+                )
+                logp[r] += lp
+                grad[r] += g @ w0  # through the projection
+        return logp, grad
+
+    def stream_weights(self) -> dict:
+        raise ConfigError(
+            "streaming an adaptive-softmax model is not in the engine yet (the fused "
+            "streaming kernel computes a full softmax); score or trace it instead"
+        )
+
+    def check_sums(self, params: dict, x_bound: float, check) -> None:
+        def row_l1(name):
+            return np.abs(params[name].astype(np.float64)).sum(axis=1)
+
+        bias = params.get("decoder.head.bias")
+        head = row_l1("decoder.head.weight") * x_bound
+        check(["decoder.head.weight"], head + (0.0 if bias is None else np.abs(bias)))
+        for i in range(len(self.clusters)):
+            p0, p1 = f"decoder.tail.{i}.0.weight", f"decoder.tail.{i}.1.weight"
+            proj = float(np.max(row_l1(p0))) * x_bound
+            check([p0], np.array([proj]))
+            check([p0, p1], row_l1(p1) * proj)
+
+    # -------------------------------------------------------------------- internals
+
+    def _split(self, t: np.ndarray):
+        """(the head's targets: the word or its cluster's logit, each cluster's rows)."""
+        gather = np.array(t, np.int64)
+        rows = []
+        for i, (low, high) in enumerate(self.clusters):
+            r = np.flatnonzero((t >= low) & (t < high))
+            gather[r] = self.shortlist + i
+            rows.append(r)
+        return gather, rows
+
+    def _head_logits(self, top):
+        m = self._m
+        return m._k.matmul(top, m._params["decoder.head.weight"], trans_b=True)
+
+    def _head_bias(self):
+        p = self._m._params
+        return p["decoder.head.bias"] if "decoder.head.bias" in p else self._zeros(self.head_size)
+
+    def _head_bias_host(self):
+        return np.asarray(self._m._k.to_host(self._head_bias()), np.float64)
+
+    def _zeros(self, n: int):
+        """A zero bias of n entries on the backend (the kernels take a bias; these have none)."""
+        m = self._m
+        return m._cached(f"zeros{n}", lambda: m._k.freeze(m._k.zeros(n, np.float32)))
+
+    def _shift(self, logits, bias):
+        shift = self._m._k.empty(logits.shape[0], np.float32)
+        self._m._k.row_shift(logits, bias, shift)
+        return shift
+
+    def _log_softmax(self, logits, bias) -> np.ndarray:
+        k = self._m._k
+        out = k.empty(logits.shape, np.float32)
+        k.log_softmax(logits, bias, self._shift(logits, bias), out)
+        return k.to_host(out)
+
+    def _tail(self, top, i: int, r: np.ndarray):
+        """Cluster i's logits for the rows r of top, and (those rows, their projection,
+        r on the backend)."""
+        m = self._m
+        k, p = m._k, m._params
+        r_dev = k.to_device(np.ascontiguousarray(r, np.int64))
+        x = k.empty((len(r), top.shape[1]), np.float32)
+        k.embedding_forward(top, r_dev, x)  # a gather of rows
+        proj = k.matmul(x, p[f"decoder.tail.{i}.0.weight"], trans_b=True)
+        out = k.matmul(proj, p[f"decoder.tail.{i}.1.weight"], trans_b=True)
+        return out, (x, proj, r_dev)
+
+
+def _softmax_gradient(logits: np.ndarray, targets, w: np.ndarray):
+    """float64 (log softmax(logits)[targets], its gradient on the input x of logits = x W^T
+    (+ bias): W[target] - p W)."""
+    logits = logits - logits.max(axis=1, keepdims=True)
+    logz = np.log(np.sum(np.exp(logits), axis=1))
+    rows = np.arange(len(targets))
+    p = np.exp(logits - logz[:, None])
+    return logits[rows, targets] - logz, w[targets] - p @ w
+
+
+def make_output(model):
+    """The output layer of model's config: AdaptiveSoftmax with cutoffs, else FullSoftmax."""
+    return AdaptiveSoftmax(model) if model.config.adaptive else FullSoftmax(model)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rnnlm_engine import ConfigError, ModelConfig, oracle
 
@@ -127,15 +129,187 @@ def test_the_oracle_is_pytorchs_adaptive_softmax(cell, V, cutoffs, div, head_bia
         assert err(grads[name], g) < TOL, name
 
 
-def test_the_engine_refuses_what_it_cannot_compute_or_write_yet(tmp_path):
-    """Until the kernels and the file feature land, an adaptive model is refused with one
-    clear error, never computed as another model or written as a file no reader takes."""
-    from rnnlm_engine import Model, modelfile
+# ------------------------------------------------------------------ the engine's model
+# Tolerances, normwise against the float64 oracle: the engine computes in float32 (unit
+# roundoff 6e-8) through the layers and the head and tail products; as in
+# tests/test_model.py, 1e-4 for log-probabilities, losses and states, 1e-3 for gradients,
+# while a wrong cluster offset or a tail's rows mixed up give errors of order 1.
+LP_TOL, GRAD_TOL = 1e-4, 1e-3
+
+
+def engine_model(config, seed=0, backend=None):
+    from rnnlm_engine import Model
+
+    sd = {n: a.astype(np.float32) for n, a in random_sd(config, seed).items()}
+    return sd, Model.from_state_dict(sd, cell=config.cell, backend=backend,
+                                     residual=config.residual)  # fmt: skip
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    cell=st.sampled_from(["rnn", "gru", "lstm"]),
+    V=st.integers(3, 60),
+    n=st.integers(1, 3),
+    H=st.sampled_from([4, 9, 16]),
+    T=st.integers(1, 7),
+    B=st.integers(1, 4),
+    head_bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_engine_computes_what_the_oracle_does(cell, V, n, H, T, B, head_bias, seed):
+    """Every batch path of an adaptive model against the oracle: shapes crossing cutoffs,
+    one or several clusters, clusters of one word, batch 1."""
+    rng = np.random.default_rng(seed)
+    n = min(n, V - 1, int(np.log2(H)))  # tail i projects to H // 2 ** (i + 1) >= 1 units
+    cutoffs = tuple(sorted(rng.choice(np.arange(1, V), n, replace=False).tolist()))
+    config = ModelConfig(cell, V, 5, H, 2, cutoffs=cutoffs, div_value=2.0, head_bias=head_bias)
+    sd, model = engine_model(config, seed)
+    assert model.config == config  # inferred from the names and shapes
+    inputs, targets = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    lp, _ = model.forward(inputs)
+    want, _ = oracle.model_forward(sd, config, inputs)
+    assert err(lp, want) < LP_TOL
+    got, _ = model.token_logprobs(inputs, targets)
+    picked = np.take_along_axis(want, targets[..., None], axis=2)[..., 0]
+    assert np.abs(got - picked).max() < LP_TOL * max(1.0, np.abs(picked).max())
+    loss, grads, _ = model.loss_and_grad(inputs, targets)
+    want_loss, want_grads, _ = oracle.model_loss_and_grad(sd, config, inputs, targets)
+    assert loss == pytest.approx(want_loss, rel=LP_TOL)
+    assert set(grads) == set(want_grads)
+    for name, g in want_grads.items():
+        assert oracle.normwise_error(grads[name], g, floor=1e-3) < GRAD_TOL, name
+
+
+def test_the_model_matches_pytorch_and_its_state_dict_loads_there():
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch)")
+    config = ModelConfig("lstm", 40, 6, 16, 2, cutoffs=(6, 17, 30), div_value=2.0,
+                         head_bias=True)  # fmt: skip
+    sd, model = engine_model(config, 3)
+    tm = TorchModel(torch, config, {n: a.astype(np.float64) for n, a in model.state_dict().items()})
+    rng = np.random.default_rng(2)
+    inputs, targets = rng.integers(0, 40, (8, 3)), rng.integers(0, 40, (8, 3))
+    lp, _ = model.forward(inputs)
+    top = tm.top(inputs)
+    assert err(lp.reshape(-1, 40), tm.decoder.log_prob(top).detach().numpy()) < LP_TOL
+    loss, grads, _ = model.loss_and_grad(inputs, targets)
+    result = tm.decoder(top, torch.tensor(targets.reshape(-1)))
+    assert loss == pytest.approx(result.loss.item(), rel=LP_TOL)
+    result.loss.backward()
+    for name, g in tm.named_grads():
+        assert oracle.normwise_error(grads[name], g, floor=1e-3) < GRAD_TOL, name
+
+
+def test_scoring_tracing_and_attributing_an_adaptive_model():
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch)")
+    config = ModelConfig("gru", 30, 6, 16, 1, cutoffs=(5, 12))
+    sd, model = engine_model(config, 4)
+    ids = np.random.default_rng(5).integers(0, 30, 25)
+    want, _ = oracle.model_forward(sd, config, ids[:, None])
+    tr = model.trace(ids, top_k=3)
+    assert err(tr.logprob[1:], want[np.arange(24), 0, ids[1:]]) < LP_TOL
+    assert np.array_equal(tr.top_ids[1:], np.argsort(-want[:24, 0], axis=1, kind="stable")[:, :3])
+    a = model.attribution(ids, 20)
+    tm = TorchModel(torch, config, {n: v.astype(np.float64) for n, v in sd.items()})
+    x = tm.encoder(torch.tensor(ids[:20])).detach().requires_grad_(True)
+    out, _ = tm.rnn(x)
+    tm.decoder.log_prob(out[-1:])[0, int(ids[20])].backward()
+    assert err(a.scores, (x * x.grad).sum(1).detach().numpy()) < 1e-4
+
+
+def test_an_adaptive_model_file_round_trips_and_old_readers_refuse_it(tmp_path):
+    from rnnlm_engine import ModelFileError, load, modelfile
+
+    config = ModelConfig("lstm", 30, 5, 16, 1, cutoffs=(5,), head_bias=True)
+    _, model = engine_model(config)
+    model.save(tmp_path / "m.rnnlm")
+    back = load(tmp_path / "m.rnnlm")
+    assert back.config == config
+    for name, a in model.state_dict().items():
+        assert np.array_equal(back.state_dict()[name], a)
+    info = modelfile.read_info(tmp_path / "m.rnnlm")
+    assert info["features"] == ["adaptive"] and tuple(info["version"]) == (2, 0)
+    # a reader that knows only "residual" (as the engine before this) refuses the file
+    import rnnlm_engine.modelfile as mf
+
+    old = mf.FEATURES
+    try:
+        mf.FEATURES = ("residual",)
+        with pytest.raises(ModelFileError, match="needs 'adaptive'.*upgrade"):
+            load(tmp_path / "m.rnnlm")
+    finally:
+        mf.FEATURES = old
+
+
+def test_what_an_adaptive_model_cannot_do_yet_is_one_clear_error():
+    _, model = engine_model(ModelConfig("lstm", 30, 5, 16, 1, cutoffs=(5,)))
+    with pytest.raises(ConfigError, match="streaming an adaptive-softmax model is not in"):
+        model.stream()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda sd: sd.pop("decoder.tail.0.1.weight"),
+            "state_dict has no 'decoder.tail.0.1.weight'",
+        ),
+        (
+            lambda sd: sd.update({"decoder.tail.0.1.weight": np.zeros((3, 4), np.float32)}),
+            "covers 8 ids",
+        ),
+        (
+            lambda sd: sd.update({"decoder.tail.0.0.weight": np.zeros((4, 7), np.float32)}),
+            r"must be \(u, 16\) and \(w, u\)",
+        ),
+        (
+            lambda sd: sd.update(
+                {  # 4 units then 8: no div_value gives 16 // d = 4 and 16 // d**2 = 8
+                    "decoder.head.weight": np.zeros((7, 16), np.float32),
+                    "decoder.tail.0.1.weight": np.zeros((15, 4), np.float32),
+                    "decoder.tail.1.0.weight": np.zeros((8, 16), np.float32),
+                    "decoder.tail.1.1.weight": np.zeros((10, 8), np.float32),
+                }
+            ),
+            "no div_value",
+        ),
+    ],
+)
+def test_a_state_dict_whose_shapes_do_not_fit_is_one_clear_error(change, message):
+    from rnnlm_engine import Model, ParameterError
 
     config = ModelConfig("lstm", 30, 5, 16, 1, cutoffs=(5,))
     sd = {n: a.astype(np.float32) for n, a in random_sd(config).items()}
-    with pytest.raises(ConfigError, match="adaptive softmax output is not in the engine"):
-        Model(config, sd)
-    with pytest.raises(ConfigError, match="cannot write 'adaptive' yet"):
-        modelfile.save(tmp_path / "m.rnnlm", config=config, tensors=sd)
-    assert not (tmp_path / "m.rnnlm").exists()
+    change(sd)
+    with pytest.raises(ParameterError, match=message):
+        Model.from_state_dict(sd, cell="lstm")
+    config.parameter_shapes()  # (unchanged)
+
+
+def test_tied_weights_with_an_adaptive_state_dict_are_refused():
+    from rnnlm_engine import Model
+
+    config = ModelConfig("lstm", 30, 16, 16, 1, cutoffs=(5,))
+    sd = {n: a.astype(np.float32) for n, a in random_sd(config).items()}
+    with pytest.raises(ConfigError, match="adaptive output .* cannot be tied"):
+        Model.from_state_dict(sd, cell="lstm", tied=True)
+
+
+def test_the_cuda_backend_computes_what_the_cpu_does():
+    """(numba's CUDA simulator in CI: a few tokens of a small model)"""
+    import rnnlm_engine.kernels.cuda as kc
+
+    if kc.unavailable_reason() is not None:
+        pytest.skip(f"the cuda backend cannot run here: {kc.unavailable_reason()}")
+    config = ModelConfig("gru", 11, 3, 4, 1, cutoffs=(3, 7), div_value=2.0)
+    _, cpu = engine_model(config, 1)
+    _, gpu = engine_model(config, 1, backend="cuda")
+    inputs, targets = np.array([[1, 5], [9, 2], [4, 10]]), np.array([[5, 9], [2, 4], [10, 0]])
+    with kc.small_launches():
+        a, b = cpu.forward(inputs)[0], gpu.forward(inputs)[0]
+        la, ga, _ = cpu.loss_and_grad(inputs, targets)
+        lb, gb, _ = gpu.loss_and_grad(inputs, targets)
+        ta, tb = cpu.token_logprobs(inputs, targets)[0], gpu.token_logprobs(inputs, targets)[0]
+    assert err(b, a) < LP_TOL and err(tb, ta) < LP_TOL
+    assert lb == pytest.approx(la, rel=LP_TOL)
+    for name in ga:
+        assert oracle.normwise_error(gb[name], ga[name], floor=1e-3) < GRAD_TOL, name

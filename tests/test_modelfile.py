@@ -391,6 +391,35 @@ def test_damaged_features_are_refused(tmp_path, edits, message):
     expect_error(write(tmp_path, blob), message)
 
 
+ADAPTIVE_CONFIG = ModelConfig("lstm", 12, 4, 8, 1, cutoffs=(4, 8), div_value=2.0)
+
+
+@pytest.mark.parametrize(
+    "edits, message",
+    [
+        ([(("features",), [])], "'features' lists  but the config needs 'adaptive'"),
+        ([(("config", "cutoffs"), [8, 4])], "cutoffs must increase strictly"),
+        ([(("config", "cutoffs"), [4, 12])], "[1, 11]; got [4, 12]"),
+        ([(("config", "cutoffs"), "4,8")], "cutoffs is '4,8', not a list of integers"),
+        ([(("config", "cutoffs"), list(range(1, 100)))], "not a list of integers"),
+        ([(("config", "cutoffs"), [4])], "decoder.tail.1.0.weight"),
+        ([(("config", "div_value"), "2")], "div_value is '2', not a number"),
+        ([(("config", "div_value"), 0.0)], "div_value must be a positive number"),
+        ([(("config", "div_value"), 4.0)], "tail cluster 1 would project to"),
+        ([(("config", "head_bias"), 1)], "head_bias is 1, not a bool"),
+        (
+            [(("version",), [1, 0]), (("features",), DELETE)],
+            "cannot hold a model that needs adaptive",
+        ),
+    ],
+)
+def test_damaged_adaptive_files_are_refused(tmp_path, edits, message):
+    save(tmp_path / "a", config=ADAPTIVE_CONFIG, tensors=random_tensors(ADAPTIVE_CONFIG))
+    assert read_info(tmp_path / "a")["features"] == ["adaptive"]
+    blob = header_edit(*edits)((tmp_path / "a").read_bytes())
+    expect_error(write(tmp_path, blob), message)
+
+
 def test_older_major_is_refused(tmp_path, base):
     expect_error(write(tmp_path, header_edit((("version",), [0, 3]))(base)), "format 0.3 is not")
 
@@ -822,6 +851,22 @@ def residual_base(tmp_path_factory) -> bytes:
     config = ModelConfig("lstm", 6, 3, 3, 2, residual=True)
     save(path, config=config, tensors=random_tensors(config), vocab={"kind": "x"})
     return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def adaptive_base(tmp_path_factory) -> bytes:
+    """A valid format-2 file of an adaptive-softmax model (config cutoffs, div_value,
+    head_bias; features ['adaptive']; decoder.head / decoder.tail tensors)."""
+    path = tmp_path_factory.mktemp("adaptive") / "a.rnnlm"
+    config = ModelConfig("gru", 9, 3, 8, 1, cutoffs=(3, 6), div_value=2.0, head_bias=True)
+    save(path, config=config, tensors=random_tensors(config))
+    return path.read_bytes()
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_adaptive_header_mutations(tmp_path, adaptive_base, data):
+    mutate_and_load(tmp_path, adaptive_base, data)
 
 
 @FUZZ
