@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import dataclasses
 import json
 import math
 import sys
@@ -102,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, default=200)
     t.add_argument("--emb", type=int, default=None, help="embedding size (default: --hidden)")
     t.add_argument("--tied", action="store_true", help="tie encoder and decoder weights")
+    t.add_argument(
+        "--adaptive",
+        metavar="CUTOFFS",
+        default=None,
+        help="an adaptive softmax output (PyTorch's AdaptiveLogSoftmaxWithLoss): cutoffs "
+        "such as 2000,10000 (the shortlist, then the clusters' bounds, in frequency ranks), "
+        "or auto: the ranks that cover 80%% and 95%% of the training tokens",
+    )
+    t.add_argument(
+        "--div-value",
+        type=float,
+        default=4.0,
+        metavar="D",
+        help="with --adaptive: tail cluster i projects to hidden // D ** (i + 1) units (4)",
+    )
     t.add_argument(
         "--residual",
         action="store_true",
@@ -319,11 +335,14 @@ _RUN_OPTIONS = [
     ("init_range", "init_range"), ("optimizer", "optimizer"), ("lr", "lr"),
     ("lr_decay", "lr_decay"), ("decay_start", "decay_start"), ("clip", "clip"),
     ("batch_size", "batch_size"), ("bptt", "bptt"), ("seed", "seed"),
+    ("div_value", "div_value"),
 ]  # fmt: skip
 
 
 def _refuse_changed_settings(args, config) -> None:
     """An option given with --resume (differing from its default) must match the run."""
+    if args.adaptive is not None:
+        raise InputError("--resume continues a run with its own output layer: leave out --adaptive")
     defaults = build_parser().parse_args(["train", "--out", "x"])
     changed = [
         f"--{opt.replace('_', '-')} {getattr(args, opt)!r} (the run has {getattr(config, field)!r})"
@@ -336,6 +355,27 @@ def _refuse_changed_settings(args, config) -> None:
             f"--resume continues a run with its own settings; these differ: {', '.join(changed)}"
             "; only --epochs, --max-time and --checkpoint-every may change"
         )
+
+
+def _cutoffs(text: str, ids, vocab_size: int, config) -> tuple[int, ...]:
+    """--adaptive's value: "auto" or increasing integers separated by commas."""
+    from .train import choose_cutoffs
+
+    if text.strip() == "auto":
+        return choose_cutoffs(ids, vocab_size, config.hidden_size, config.div_value)
+    try:
+        cutoffs = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(
+            f"--adaptive takes auto or cutoffs such as 2000,10000; got {text!r}"
+        ) from None
+    return cutoffs
+
+
+def _adaptive_text(cutoffs, div_value) -> str:
+    if not cutoffs:
+        return ""
+    return f", adaptive softmax (cutoffs {', '.join(map(str, cutoffs))}; div {div_value:g})"
 
 
 def cmd_train(args) -> int:
@@ -399,6 +439,11 @@ def cmd_train(args) -> int:
             checkpoint_every=10.0 if args.checkpoint_every is None else args.checkpoint_every,
         )
     ids = vocab.encode(text)
+    if not args.resume and args.adaptive is not None:
+        config = dataclasses.replace(config, div_value=args.div_value)
+        cutoffs = _cutoffs(args.adaptive, ids, len(vocab), config)
+        config = dataclasses.replace(config, cutoffs=cutoffs)
+        config.model_config(len(vocab))  # cutoffs that do not fit this vocabulary: say so now
     if args.valid:
         train_ids, valid_ids = ids, vocab.encode(read_text(args.valid, errors=errors))
     else:
@@ -406,7 +451,8 @@ def cmd_train(args) -> int:
     progress.message(
         f"{len(train_ids):,} training and {len(valid_ids):,} validation tokens; "
         f"{vocab.kind} vocabulary of {len(vocab):,}; {config.cell} {config.num_layers} x "
-        f"{config.hidden_size}{' residual' if config.residual else ''}, {config.optimizer} lr "
+        f"{config.hidden_size}{' residual' if config.residual else ''}"
+        f"{_adaptive_text(config.cutoffs, config.div_value)}, {config.optimizer} lr "
         f"{config.lr:g}"
     )
     cli_info = {
@@ -658,6 +704,7 @@ def _info_lines(info: dict):
             f"embedding {cfg.get('emb_size')}"
             + (", tied" if cfg.get("tied") else "")
             + (", residual" if cfg.get("residual") else "")
+            + _adaptive_text(cfg.get("cutoffs"), cfg.get("div_value"))
         ),
     )
     vocab = info.get("vocab")

@@ -50,6 +50,35 @@ MAX_ROLLBACKS = 3
 EVAL_WINDOW = 256
 
 
+# --adaptive auto: the shortlist holds the words that make this share of the training text,
+# the first cluster the next up to the second share (Grave et al. 2017 put the head over
+# the few most frequent words, which take most of the text: Zipf's law)
+AUTO_COVERAGE = (0.8, 0.95)
+
+
+def choose_cutoffs(ids: np.ndarray, vocab_size: int, hidden_size: int, div_value: float = 4.0):
+    """Adaptive-softmax cutoffs for a text of ids (frequency ranks): the number of most
+    frequent ids that make AUTO_COVERAGE of its tokens, each a cutoff where it leaves a
+    tail (below vocab_size) that the projection can reach (hidden_size // div_value ** i
+    >= 1). Raises ConfigError when none is left (a small vocabulary gains nothing)."""
+    # in id order: the ids are the vocabulary's frequency ranks, and a cutoff splits ids
+    counts = np.bincount(np.asarray(ids, np.int64), minlength=vocab_size)
+    covered = np.cumsum(counts) / max(1, counts.sum())
+    cutoffs: list[int] = []
+    for share in AUTO_COVERAGE:
+        c = int(np.searchsorted(covered, share) + 1)
+        c = max(c, 1)
+        if c < vocab_size and (not cutoffs or c > cutoffs[-1]):
+            if int(hidden_size // div_value ** (len(cutoffs) + 1)) >= 1:
+                cutoffs.append(c)
+    if not cutoffs:
+        raise ConfigError(
+            f"--adaptive auto found no cutoff for a vocabulary of {vocab_size}: its most "
+            f"frequent tokens cover the text; use a full softmax (no --adaptive)"
+        )
+    return tuple(cutoffs)
+
+
 class TrainingDiverged(RnnlmError):
     """The loss kept turning non-finite after rollbacks with lower learning rates."""
 
@@ -74,6 +103,8 @@ class TrainConfig:
     num_layers: int = 2
     tied: bool = False
     residual: bool = False
+    cutoffs: tuple[int, ...] | None = None  # an adaptive softmax output (ModelConfig)
+    div_value: float = 4.0
     dropout: float = 0.0
     init_range: float = 0.1
     optimizer: str = "sgd"
@@ -96,7 +127,19 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {v!r}")
 
-        self.model_config(2)  # the model's own settings, checked where ModelConfig checks them
+        c = self.cutoffs
+        if isinstance(c, list):  # from a checkpoint's msgpack
+            object.__setattr__(self, "cutoffs", c := tuple(c))
+        if c is not None and not (
+            isinstance(c, tuple)
+            and c
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in c)
+            and all(b > a for a, b in zip(c, c[1:], strict=False))
+        ):
+            raise ConfigError(f"cutoffs must be increasing positive integers; got {c!r}")
+        # the model's own settings, checked where ModelConfig checks them (the vocabulary's
+        # size is known later: here, one that fits the cutoffs)
+        self.model_config(2 if not c else c[-1] + 1)
         for name in ("epochs", "batch_size", "bptt", "eval_batch_size"):
             positive_int(name)
         if self.optimizer not in OPTIMIZERS:
@@ -135,6 +178,8 @@ class TrainConfig:
             self.num_layers,
             self.tied,
             self.residual,
+            cutoffs=self.cutoffs,
+            div_value=self.div_value,
         )
 
     def to_dict(self) -> dict:
@@ -446,14 +491,7 @@ def _resume_unchecked(path, f, config, vocab, fingerprint, backend):
             f"{path}: the checkpoint was trained on other data (training and validation "
             "tokens differ); resume with the same files"
         )
-    model = Model.from_state_dict(
-        dict(f.tensors),
-        cell=f.config.cell,
-        tied=f.config.tied,
-        backend=backend,
-        vocab=vocab,
-        residual=f.config.residual,
-    )
+    model = Model(f.config, dict(f.tensors), backend, vocab=vocab)
     optimizer = make_optimizer(
         config.optimizer, model._k, config.lr, model.config.parameter_shapes()
     )

@@ -313,3 +313,52 @@ def test_the_cuda_backend_computes_what_the_cpu_does():
     assert lb == pytest.approx(la, rel=LP_TOL)
     for name in ga:
         assert oracle.normwise_error(gb[name], ga[name], floor=1e-3) < GRAD_TOL, name
+
+
+# ------------------------------------------------------------------ training, the CLI
+
+
+def test_auto_cutoffs_cover_80_and_95_percent_of_the_text():
+    from rnnlm_engine.train import choose_cutoffs
+
+    rng = np.random.default_rng(0)
+    ids = rng.zipf(1.3, 300_000) - 1  # ranks: 0 the most frequent
+    ids = ids[ids < 5_000]
+    counts = np.bincount(ids, minlength=5_000)
+    cutoffs = choose_cutoffs(ids, 5_000, 200)
+    share = [counts[:c].sum() / len(ids) for c in cutoffs]
+    assert share[0] >= 0.8 and counts[: cutoffs[0] - 1].sum() / len(ids) < 0.8
+    assert share[1] >= 0.95 and counts[: cutoffs[1] - 1].sum() / len(ids) < 0.95
+    with pytest.raises(ConfigError, match="found no cutoff for a vocabulary of 2"):
+        choose_cutoffs(np.array([0, 1, 0, 1]), 2, 200)  # 80% needs both: no tail left
+
+
+def test_rnnlm_train_with_an_adaptive_output(tmp_path, capsys):
+    from rnnlm_engine import load
+    from rnnlm_engine.cli import main
+
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(300)]
+    lines = [" ".join(words[j] for j in np.minimum(rng.zipf(1.4, 12) - 1, 299)) for _ in range(400)]
+    (tmp_path / "t.txt").write_text("\n".join(lines) + "\n")
+    args = ["train", "--train", str(tmp_path / "t.txt"), "--level", "word", "--hidden", "16",
+            "--layers", "1", "--epochs", "1", "--out", str(tmp_path / "m.rnnlm")]  # fmt: skip
+    assert main([*args, "--adaptive", "auto", "--div-value", "2", "--quiet"]) == 0
+    model = load(tmp_path / "m.rnnlm")
+    assert model.config.adaptive and model.config.div_value == 2.0
+    assert main(["info", str(tmp_path / "m.rnnlm")]) == 0
+    assert "adaptive softmax (cutoffs" in capsys.readouterr().out
+    assert main(["score", str(tmp_path / "m.rnnlm"), str(tmp_path / "t.txt"), "--quiet"]) == 0
+    scores = capsys.readouterr().out.splitlines()
+    assert len(scores) == 400 and all(float(line.split("\t")[0]) < 0 for line in scores)
+    assert main([*args, "--adaptive", "3,2"]) == 2
+    assert "cutoffs must be increasing positive integers" in capsys.readouterr().err
+    assert main([*args, "--adaptive", "5,99999"]) == 2
+    assert "[1, vocab_size - 1]" in capsys.readouterr().err
+    ckpt = str(tmp_path / "m.rnnlm.ckpt")
+    assert main(["train", "--resume", ckpt, "--out", str(tmp_path / "m.rnnlm"),
+                 "--adaptive", "auto"]) == 2  # fmt: skip
+    assert "leave out --adaptive" in capsys.readouterr().err
+    assert main(["train", "--resume", ckpt, "--out", str(tmp_path / "m.rnnlm"), "--epochs",
+                 "2", "--quiet"]) == 0  # fmt: skip
+    assert load(tmp_path / "m.rnnlm").config == model.config
