@@ -430,8 +430,6 @@ class Model:
         """A new Stream: feed tokens one at a time, get next-token probabilities."""
         from .stream import Stream
 
-        self._output.stream_weights()  # an output the streaming kernel cannot run says so
-
         return Stream(self)
 
     def fingerprint(self) -> str:
@@ -465,6 +463,8 @@ class Model:
         h, c (L, N, H) on the backend -> (new h, new c on the backend, logprobs (N, V) after
         the last step, on the host unless to_host is False), all fresh arrays: the state
         given is never modified."""
+        if not self._output.streams_fused:
+            return self._step_unfused(ids, h, c, to_host)
         # the per-token path: its Python around the kernel is kept short (prepared argument
         # tuples instead of lookups per call: char LSTM 2x256, 35 -> 32 us a token)
         k = self._k
@@ -487,6 +487,15 @@ class Model:
             (c_out if c is not None else None),
             (k.to_host(logprobs) if to_host else logprobs),
         )
+
+    def _step_unfused(self, ids: np.ndarray, h, c, to_host: bool):
+        """_step for an output the fused streaming kernel does not compute (the adaptive
+        softmax): the batch kernels over the T steps, then the output layer's full
+        distribution after the last (slower per token than the fused kernel)."""
+        T, N = ids.shape
+        top, state = self._forward_layers(ids, State(h, c), None)
+        logprobs = self._output.log_probs(top[(T - 1) * N :])
+        return state.h, state.c, (logprobs if to_host else self._k.to_device(logprobs))
 
     def _build_stream_args(self) -> tuple:
         """(cell id, residual flags (L,) uint8 on the backend, the weights in the streaming

@@ -14,7 +14,8 @@ The contract, top (N, H) float32 on the backend, targets (N,) int64:
       k ids and log-probabilities), each row's figures without writing (N, V)
   target_gradient(top_rows, targets) -> (log p(targets), d log p(target) / d top) on the
       host, in float64 (attributions)
-  stream_weights() -> the arrays the fused streaming kernel takes for the output
+  stream_weights() -> the arrays the fused streaming kernel takes for the output, where
+      streams_fused (else streams run the layers, then log_probs)
   check_sums(params, x_bound, check)     the float32 overflow bound of its logits
 """
 
@@ -39,6 +40,9 @@ class FullSoftmax:
     It reads the model's parameters, work arrays and derived-value cache through the model
     object it is given (model._k, _params, _work, _cached), so that a training update, which
     clears the model's derived values, clears its transposed copy of W too."""
+
+    # the fused streaming kernel (kernels' stream_step) computes this output itself
+    streams_fused = True
 
     def __init__(self, model) -> None:
         self._m = model
@@ -159,6 +163,10 @@ class AdaptiveSoftmax:
     compute a tail only for the rows whose targets fall in it, as PyTorch does; the full
     distribution (log_probs) computes every tail for every row.
     """
+
+    # streams run the layers with the batch kernels, then log_probs (model._step_unfused):
+    # the fused streaming kernel has a full softmax built in
+    streams_fused = False
 
     def __init__(self, model) -> None:
         self._m = model
@@ -282,10 +290,7 @@ class AdaptiveSoftmax:
         return logp, grad
 
     def stream_weights(self) -> dict:
-        raise ConfigError(
-            "streaming an adaptive-softmax model is not in the engine yet (the fused "
-            "streaming kernel computes a full softmax); score or trace it instead"
-        )
+        raise ConfigError("the fused streaming kernel has no adaptive softmax (see _step)")
 
     def check_sums(self, params: dict, x_bound: float, check) -> None:
         def row_l1(name):
@@ -313,8 +318,11 @@ class AdaptiveSoftmax:
         return gather, rows
 
     def _head_logits(self, top):
+        # work arrays, not fresh ones: a fresh array's first writes fault page by page
+        # (see model._Workspace)
         m = self._m
-        return m._k.matmul(top, m._params["decoder.head.weight"], trans_b=True)
+        out = m._work("head_logits", (top.shape[0], self.head_size))
+        return m._k.matmul(top, m._params["decoder.head.weight"], out=out, trans_b=True)
 
     def _head_bias(self):
         p = self._m._params
@@ -345,10 +353,13 @@ class AdaptiveSoftmax:
         m = self._m
         k, p = m._k, m._params
         r_dev = k.to_device(np.ascontiguousarray(r, np.int64))
-        x = k.empty((len(r), top.shape[1]), np.float32)
+        N, n = top.shape[0], len(r)
+        w0, w1 = p[f"decoder.tail.{i}.0.weight"], p[f"decoder.tail.{i}.1.weight"]
+        # the first n rows of work arrays sized for every row (their shapes stay put)
+        x = m._work(f"tail{i}_x", (N, top.shape[1]))[:n]
         k.embedding_forward(top, r_dev, x)  # a gather of rows
-        proj = k.matmul(x, p[f"decoder.tail.{i}.0.weight"], trans_b=True)
-        out = k.matmul(proj, p[f"decoder.tail.{i}.1.weight"], trans_b=True)
+        proj = k.matmul(x, w0, out=m._work(f"tail{i}_proj", (N, w0.shape[0]))[:n], trans_b=True)
+        out = k.matmul(proj, w1, out=m._work(f"tail{i}_out", (N, w1.shape[0]))[:n], trans_b=True)
         return out, (x, proj, r_dev)
 
 

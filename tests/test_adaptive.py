@@ -240,10 +240,52 @@ def test_an_adaptive_model_file_round_trips_and_old_readers_refuse_it(tmp_path):
         mf.FEATURES = old
 
 
-def test_what_an_adaptive_model_cannot_do_yet_is_one_clear_error():
-    _, model = engine_model(ModelConfig("lstm", 30, 5, 16, 1, cutoffs=(5,)))
-    with pytest.raises(ConfigError, match="streaming an adaptive-softmax model is not in"):
-        model.stream()
+def test_streams_of_an_adaptive_model_predict_what_the_oracle_does():
+    from rnnlm_engine import StreamBatch
+
+    config = ModelConfig("lstm", 30, 5, 16, 2, cutoffs=(5, 12), head_bias=True)
+    sd, model = engine_model(config, 6)
+    s = model.stream()
+    lp = s.feed([1, 2, 3])
+    want, _ = oracle.model_forward(sd, config, np.array([[1], [2], [3], [29]]))
+    assert err(lp, want[2, 0]) < LP_TOL
+    assert np.exp(np.float64(lp)).sum() == pytest.approx(1.0, abs=1e-5)
+    snap = s.snapshot()
+    assert err(s.feed(29), want[3, 0]) < LP_TOL
+    s.restore(snap)
+    assert s.logprob(29) == pytest.approx(float(lp[29]))
+    assert [t for t, _ in s.top(3)] == np.argsort(-lp, kind="stable")[:3].tolist()
+    # StreamBatch, both of its paths (the step, and the batched forward from 2 streams)
+    for blas_from in (1 << 30, 2):
+        batch = StreamBatch(model, blas_from=blas_from)
+        a, b = batch.stream(), batch.stream()
+        batch.step([(a, 1), (b, 4)])
+        out = batch.step([(a, 2), (b, 29)])
+        ref = model.stream()
+        ref.feed([1, 2])
+        assert err(out[0], ref._current()) < LP_TOL
+        ref.reset()
+        ref.feed([4, 29])
+        assert err(out[1], ref._current()) < LP_TOL
+
+
+def test_sampling_an_adaptive_model_draws_what_its_distribution_says():
+    """A fixed-seed frequency check: 20,000 draws against the stream's distribution; the
+    bound (4 standard deviations of each count, plus one) fails for a sampler that
+    misplaces a cluster or ignores the head."""
+    config = ModelConfig("gru", 12, 4, 8, 1, cutoffs=(3, 7), div_value=2.0)
+    _, model = engine_model(config, 7)
+    s = model.stream()
+    p = np.exp(np.float64(s.feed([1, 5])))
+    n = 20_000
+    rng_seed = 11
+    draws = [s.sample(seed=rng_seed + i) for i in range(n)]
+    counts = np.bincount(draws, minlength=12)
+    expected = n * p
+    assert np.all(np.abs(counts - expected) <= 4 * np.sqrt(expected * (1 - p)) + 1), (
+        counts,
+        expected,
+    )
 
 
 @pytest.mark.parametrize(
@@ -309,6 +351,8 @@ def test_the_cuda_backend_computes_what_the_cpu_does():
         la, ga, _ = cpu.loss_and_grad(inputs, targets)
         lb, gb, _ = gpu.loss_and_grad(inputs, targets)
         ta, tb = cpu.token_logprobs(inputs, targets)[0], gpu.token_logprobs(inputs, targets)[0]
+        sa, sb = cpu.stream().feed([1, 5]), gpu.stream().feed([1, 5])
+    assert err(sb, sa) < LP_TOL
     assert err(b, a) < LP_TOL and err(tb, ta) < LP_TOL
     assert lb == pytest.approx(la, rel=LP_TOL)
     for name in ga:
