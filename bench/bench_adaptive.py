@@ -1,6 +1,7 @@
 """The adaptive softmax against the full softmax at a large vocabulary, side by side in one
-run: training windows (loss, gradients and an SGD update), sentence scoring, and PyTorch's
-own step with nn.AdaptiveLogSoftmaxWithLoss on the same model and data.
+run: training windows (loss, gradients and an SGD update), sentence scoring, a streamed
+token, and PyTorch's own training step with nn.AdaptiveLogSoftmaxWithLoss on the same model
+and data.
 
     python bench/bench_adaptive.py                      # WikiText-2 train, V=33,278
     python bench/bench_adaptive.py --windows 20 --no-torch
@@ -44,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--windows", type=int, default=30)
     ap.add_argument("--sentences", type=int, default=2000)
+    ap.add_argument("--stream-tokens", type=int, default=500)
     ap.add_argument("--no-torch", action="store_true")
     args = ap.parse_args(argv)
 
@@ -109,6 +111,23 @@ def main(argv=None) -> int:
         print(f"{name:<24} {rate:>15,.0f} {ratios}")
     if torch_rate is not None:
         print(f"{'torch adaptive (same)':<24} {torch_rate:>15,.0f} {torch_rate / base_t:>6.2f}")
+
+    # a streamed token: feed one token (the whole distribution comes back), alternating
+    streams = {name: m.stream() for name, m in models.items()}
+    for s in streams.values():
+        s.feed(int(ids[0]))
+    feed_s: dict[str, list[float]] = {name: [] for name in models}
+    for j in range(1, args.stream_tokens + 1):
+        for name, s in streams.items():
+            t0 = time.perf_counter()
+            s.feed(int(ids[j]))
+            feed_s[name].append(time.perf_counter() - t0)
+    print(f"\n{'a streamed token':<24} {'us':>15} {'speed':>6}")
+    base = None
+    for name, times_ in feed_s.items():
+        us = 1e6 * statistics.median(times_)
+        base = base or us
+        print(f"{name:<24} {us:>15,.0f} {base / us:>6.2f}")
     return 0
 
 
