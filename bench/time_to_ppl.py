@@ -29,7 +29,8 @@ import numba
 from train_ptb import CONFIG, DATA
 
 from rnnlm_engine.model import load
-from rnnlm_engine.train import Progress, batchify, choose_cutoffs, evaluate, train
+from rnnlm_engine.output import choose_cutoffs
+from rnnlm_engine.train import Progress, batchify, evaluate, train
 from rnnlm_engine.vocab import Vocabulary, read_text
 
 

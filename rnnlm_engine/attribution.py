@@ -293,23 +293,22 @@ def _states_after(model, ids: np.ndarray, positions) -> State:
     L, H, P = c.num_layers, c.hidden_size, len(positions)
     h = np.zeros((L, P, H), np.float32)
     cc = np.zeros((L, P, H), np.float32) if c.cell == "lstm" else None
-    end = max(positions, default=0)
-    want: dict[int, list[int]] = {}
-    for col, j in enumerate(positions):
-        if j > 0:
-            want.setdefault(j - 1, []).append(col)  # the state after token j - 1
+    after = np.asarray(positions, np.int64) - 1  # the state after token j - 1 (-1: zeros)
     state, k = model.zero_state(1), model._k
     chunk = 1024
+    end = max(positions, default=0)
     for t0 in range(0, end, chunk):
         t1 = min(end, t0 + chunk)
         saved = _Saved()
         _, state = model._forward_layers(np.ascontiguousarray(ids[t0:t1, None]), state, saved)
-        for t in range(t0, t1):
-            for col in want.get(t, ()):
-                for layer in range(L):
-                    h[layer, col] = k.to_host(saved.hs[layer][t - t0, 0])
-                    if cc is not None:
-                        cc[layer, col] = k.to_host(saved.cs[layer][t - t0, 0])
+        cols = np.flatnonzero((after >= t0) & (after < t1))
+        if cols.size == 0:
+            continue
+        steps = after[cols] - t0
+        for layer in range(L):  # one copy to the host per layer and chunk
+            h[layer, cols] = k.to_host(saved.hs[layer])[steps, 0]
+            if cc is not None:
+                cc[layer, cols] = k.to_host(saved.cs[layer])[steps, 0]
     return State(h, cc)
 
 

@@ -228,11 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[computing],
         help="gate saturation, gradient by lag, singular values and feature units over a text",
     )
-    dg.add_argument("model", metavar="MODEL")
-    dg.add_argument("file", metavar="FILE", help="a UTF-8 text file")
+    _model_and_text(dg, max_tokens=10_000)
     dg.add_argument("--json", action="store_true", help="machine-readable output")
-    dg.add_argument("--max-tokens", type=int, default=10_000, metavar="N",
-                    help="read at most the first N tokens (default 10,000)")  # fmt: skip
     dg.add_argument("--max-lag", type=int, default=50, metavar="K",
                     help="gradient by lag for lags 0..K (default 50)")  # fmt: skip
     dg.add_argument("--positions", type=int, default=500, metavar="P",
@@ -242,11 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser(
         "explain", parents=[computing], help="an HTML page that shows what a model sees in a text"
     )
-    ex.add_argument("model", metavar="MODEL")
-    ex.add_argument("file", metavar="FILE", help="a UTF-8 text file")
+    _model_and_text(ex, max_tokens=5_000)
     ex.add_argument("--html", required=True, metavar="OUT", help="the page to write")
-    ex.add_argument("--max-tokens", type=int, default=5_000, metavar="N",
-                    help="show at most the first N tokens (default 5,000)")  # fmt: skip
     ex.add_argument("--window", type=int, default=20, metavar="W",
                     help="attribute each token to the W tokens before it (default 20)")  # fmt: skip
     ex.add_argument("--max-units", type=int, default=256, metavar="U",
@@ -275,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sample", type=int, default=400, metavar="CHARS")
     d.set_defaults(func=cmd_demo)
     return parser
+
+
+def _model_and_text(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    """MODEL FILE --max-tokens N: the arguments of the commands that look at a model over
+    a text (diagnose, explain)."""
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("file", metavar="FILE", help="a UTF-8 text file")
+    p.add_argument("--max-tokens", type=int, default=max_tokens, metavar="N",
+                   help=f"read at most the first N tokens (default {max_tokens:,})")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,7 +362,7 @@ def _refuse_changed_settings(args, config) -> None:
 
 def _cutoffs(text: str, ids, vocab_size: int, config) -> tuple[int, ...]:
     """--adaptive's value: "auto" or increasing integers separated by commas."""
-    from .train import choose_cutoffs
+    from .output import choose_cutoffs
 
     if text.strip() == "auto":
         return choose_cutoffs(ids, vocab_size, config.hidden_size, config.div_value)

@@ -179,11 +179,6 @@ def save(
     train_arrays, train_values = _prepare_training(target, training, 4 * config.num_parameters())
 
     features = _features(config)
-    unknown = [f for f in features if f not in FEATURES]
-    if unknown:  # a file that this engine could not read back
-        raise ConfigError(
-            f"cannot save {target}: this rnnlm-engine cannot write {_names(unknown)} yet"
-        )
     # tensors are laid out in this order: parameters in config order, then training tensors
     entries: dict[str, dict] = {}
     train_entries: dict[str, dict] = {}

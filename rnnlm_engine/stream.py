@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from . import streaming
 from .errors import InputError, VocabularyError
 from .snapshot import DEFAULT_MAX_SNAPSHOT_TOKENS, Snapshot
 from .state import State
@@ -134,7 +135,7 @@ class Stream:
     def _advance(self, ids: np.ndarray, to_host: bool) -> None:
         # one kernel call for the whole chunk, which computes exactly what feeding its
         # tokens one by one does, but the decoder only after the last
-        h, c, logprobs = self._model._step(ids.reshape(-1, 1), self._h, self._c, to_host)
+        h, c, logprobs = streaming.step(self._model, ids.reshape(-1, 1), self._h, self._c, to_host)
         # only now, after every step ran: a failed call changes nothing
         self._let_go()
         self._h, self._c = h, c
@@ -388,7 +389,7 @@ class StreamBatch:
             lp, state = model._forward_checked(ids[None, :], State(h, c))
             h_out, c_out, logprobs = state.h, state.c, lp[0]
         else:
-            h_out, c_out, logprobs = model._step(ids.reshape(1, -1), h, c)
+            h_out, c_out, logprobs = streaming.step(model, ids.reshape(1, -1), h, c)
         hs = k.split_streams(h_out)
         cs = None if c_out is None else k.split_streams(c_out)
         # each stream's prediction is a read-only row of the step's (N, V) array; the rows

@@ -50,35 +50,6 @@ MAX_ROLLBACKS = 3
 EVAL_WINDOW = 256
 
 
-# --adaptive auto: the shortlist holds the words that make this share of the training text,
-# the first cluster the next up to the second share (Grave et al. 2017 put the head over
-# the few most frequent words, which take most of the text: Zipf's law)
-AUTO_COVERAGE = (0.8, 0.95)
-
-
-def choose_cutoffs(ids: np.ndarray, vocab_size: int, hidden_size: int, div_value: float = 4.0):
-    """Adaptive-softmax cutoffs for a text of ids (frequency ranks): the number of most
-    frequent ids that make AUTO_COVERAGE of its tokens, each a cutoff where it leaves a
-    tail (below vocab_size) that the projection can reach (hidden_size // div_value ** i
-    >= 1). Raises ConfigError when none is left (a small vocabulary gains nothing)."""
-    # in id order: the ids are the vocabulary's frequency ranks, and a cutoff splits ids
-    counts = np.bincount(np.asarray(ids, np.int64), minlength=vocab_size)
-    covered = np.cumsum(counts) / max(1, counts.sum())
-    cutoffs: list[int] = []
-    for share in AUTO_COVERAGE:
-        c = int(np.searchsorted(covered, share) + 1)
-        c = max(c, 1)
-        if c < vocab_size and (not cutoffs or c > cutoffs[-1]):
-            if int(hidden_size // div_value ** (len(cutoffs) + 1)) >= 1:
-                cutoffs.append(c)
-    if not cutoffs:
-        raise ConfigError(
-            f"--adaptive auto found no cutoff for a vocabulary of {vocab_size}: its most "
-            f"frequent tokens cover the text; use a full softmax (no --adaptive)"
-        )
-    return tuple(cutoffs)
-
-
 class TrainingDiverged(RnnlmError):
     """The loss kept turning non-finite after rollbacks with lower learning rates."""
 

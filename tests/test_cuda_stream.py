@@ -75,7 +75,7 @@ def poisoned(shape) -> np.ndarray:
 
 
 def make_model(rng, cell, L, H, E, V, scale):
-    """float32 weights in the stacked form model._streaming_weights passes."""
+    """float32 weights in the stacked form streaming.streaming_weights passes."""
     G = GATES[cell] * H
 
     def f32(shape, s):

@@ -47,6 +47,7 @@ from rnnlm_engine import (
 )
 from rnnlm_engine.backend import get_backend
 from rnnlm_engine.config import CELLS
+from rnnlm_engine.streaming import streaming_weights
 
 LOGPROB_TOL = 1e-4
 STATE_TOL = 1e-4
@@ -412,7 +413,7 @@ def test_cpu_weights_start_on_a_cache_line():
         for name, a in model._params.items():
             assert a.ctypes.data % 64 == 0, name
             np.testing.assert_array_equal(a, sd[name])
-        for name, a in model._streaming_weights().items():
+        for name, a in streaming_weights(model).items():
             if name not in ("table", "emb") and a.size:
                 assert a.ctypes.data % 64 == 0, name
     raw = np.arange(1000 + 32, dtype=np.float32)

@@ -1,0 +1,102 @@
+"""A model's streaming step: T tokens for N streams in one call of the backend's fused
+``stream_step`` kernel (every layer, then the decoder and log-softmax after the last), and
+the weights stacked as that kernel takes them; for an output layer the kernel does not
+compute (the adaptive softmax), the batch kernels and then the output's distribution.
+
+Streams and StreamBatch call ``step``; it reads the model's parameters, derived-value
+cache and per-thread workspace (model._params, _cached, _ws), as output.py does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .state import State
+
+
+def step(model, ids: np.ndarray, h: np.ndarray, c: np.ndarray | None, to_host=True):
+    """T streaming steps for N streams: ids (T, N) int64 (checked by the caller), state
+    h, c (L, N, H) on the backend -> (new h, new c on the backend, logprobs (N, V) after
+    the last step, on the host unless to_host is False), all fresh arrays: the state
+    given is never modified."""
+    if not model._output.streams_fused:
+        return _step_unfused(model, ids, h, c, to_host)
+    # the per-token path: its Python around the kernel is kept short (prepared argument
+    # tuples instead of lookups per call: char LSTM 2x256, 35 -> 32 us a token)
+    k = model._k
+    cell, residual, weights = model._cached("stream_args", lambda: _build_stream_args(model))
+    N = ids.shape[1]
+    kept = model._ws.stream_scratch
+    if kept is None or kept[0] != N:
+        kept = model._ws.stream_scratch = (N, _build_stream_scratch(model, N))
+    c0, gx, gh, logits = kept[1]
+    shape = c0.shape
+    h_out = k.empty(shape, np.float32)
+    c_out = k.empty(shape, np.float32)
+    logprobs = k.empty(logits.shape, np.float32)
+    k.stream_step(
+        cell, residual, k.to_device(ids), *weights, h, (c0 if c is None else c), h_out,
+        c_out, gx, gh, logits, logprobs,
+    )  # fmt: skip
+    return (
+        h_out,
+        (c_out if c is not None else None),
+        (k.to_host(logprobs) if to_host else logprobs),
+    )
+
+
+def _step_unfused(model, ids: np.ndarray, h, c, to_host: bool):
+    """step() for an output the fused streaming kernel does not compute (the adaptive
+    softmax): the batch kernels over the T steps, then the output layer's full
+    distribution after the last (slower per token than the fused kernel)."""
+    T, N = ids.shape
+    top, state = model._forward_layers(ids, State(h, c), None)
+    logprobs = model._output.log_probs(top[(T - 1) * N :])
+    return state.h, state.c, (logprobs if to_host else model._k.to_device(logprobs))
+
+
+def _build_stream_args(model) -> tuple:
+    """(cell id, residual flags (L,) uint8 on the backend, the weights in the streaming
+    kernel's argument order)."""
+    k, c = model._k, model.config
+    w = streaming_weights(model)
+    order = ("table", "emb", "w_ih0", "w_ih", "b_ih", "w_hh", "b_hh", "w_dec", "b_dec")
+    residual = k.to_device(np.array(c.residual_layers, np.uint8))
+    return k.STREAM_CELLS[c.cell], residual, tuple(w[name] for name in order)
+
+
+def _build_stream_scratch(model, N: int) -> tuple:
+    """The streaming kernel's scratch for N streams: (c0 (L, N, H), the state c of the
+    cells that have none; gx, gh (N, G); logits (N, V))."""
+    k, c = model._k, model.config
+    L, H, G, V = c.num_layers, c.hidden_size, c.gate_rows, c.vocab_size
+    shapes = ((L, N, H), (N, G), (N, G), (N, V))
+    return tuple(k.empty(shape, np.float32) for shape in shapes)
+
+
+def streaming_weights(model) -> dict:
+    """The weights stacked as the streaming kernel takes them (built once)."""
+    return model._cached("stream_weights", lambda: _build_streaming_weights(model))
+
+
+def _build_streaming_weights(model) -> dict:
+    k, p, c = model._k, model._params, model.config
+    L, G, H = c.num_layers, c.gate_rows, c.hidden_size
+    table = model._layer0_table()
+    if L > 1:
+        w_ih = k.stack([p[f"rnn.weight_ih_l{layer}"] for layer in range(1, L)])
+    else:
+        w_ih = k.empty((0, G, H), np.float32)
+    built = {
+        "table": table if table is not None else k.empty((0, G), np.float32),
+        "emb": p["encoder.weight"],
+        "w_ih0": p["rnn.weight_ih_l0"],
+        "w_ih": w_ih,
+        "b_ih": k.stack([p[f"rnn.bias_ih_l{i}"] for i in range(L)]),
+        "w_hh": k.stack([p[f"rnn.weight_hh_l{i}"] for i in range(L)]),
+        "b_hh": k.stack([p[f"rnn.bias_hh_l{i}"] for i in range(L)]),
+        **model._output.stream_weights(),
+    }
+    for a in built.values():
+        k.freeze(a)
+    return built
