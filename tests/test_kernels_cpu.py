@@ -19,6 +19,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from kernel_cases import (
     CELLS,
+    FWD_FLOOR,
     FWD_TOL,
     cell_case,
     cell_inputs,
@@ -101,13 +102,14 @@ def run_cell_kernels(cell, inp, dhs, dcT):
 )
 @example(T=1, B=1, H=1, w_scale=1.0, x_scale=1.0, seed=0)
 @example(T=40, B=16, H=64, w_scale=2.0, x_scale=8.0, seed=1)
+@example(T=1, B=1, H=1, w_scale=0.5, x_scale=8.0, seed=3653235)  # every |h| ~ 2e-7
 def test_cell_forward_backward(cell, T, B, H, w_scale, x_scale, seed):
     inp, dhs, dcT = cell_case(np.random.default_rng(seed), cell, T, B, H, w_scale, x_scale)
     hs, cs, grads = run_cell_kernels(cell, inp, dhs, dcT)
     want_hs, want_cs, want = oracle_cell(cell, inp, dhs, dcT)
-    assert rel_err(hs, want_hs) < FWD_TOL
+    assert rel_err(hs, want_hs, FWD_FLOOR) < FWD_TOL
     if cell == "lstm":
-        assert rel_err(cs, want_cs) < FWD_TOL
+        assert rel_err(cs, want_cs, FWD_FLOOR) < FWD_TOL
     check_grads(grads, want, dhs)  # judged against GRAD_FLOOR of |dhs|: see check_grads
 
 
@@ -119,7 +121,7 @@ def test_cell_saturated_gates_stay_finite(cell):
     inp["xproj"] = np.where(rng.random(inp["xproj"].shape) < 0.5, -1e4, 1e4).astype(np.float32)
     hs, cs, grads = run_cell_kernels(cell, inp, f32(rng, (5, 3, 8)), None)
     want_hs, _, _ = oracle_forward(cell, inp)
-    assert rel_err(hs, want_hs) < FWD_TOL
+    assert rel_err(hs, want_hs, FWD_FLOOR) < FWD_TOL
     for g in grads:
         assert g is None or np.all(np.isfinite(g))
 
