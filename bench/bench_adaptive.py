@@ -34,7 +34,7 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "wiki
 
 
 def engine_step(model, opt, inputs, targets, state):
-    loss, grads, state = model.loss_and_grad(inputs, targets, state)
+    loss, grads, state = model.loss_and_grad(inputs, targets, state, row_sparse=True)
     clip_grad_norm(model._k, grads, 0.25)
     model._apply_update(lambda p, g=grads: opt.step(p, g))
     return state

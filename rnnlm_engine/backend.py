@@ -13,7 +13,8 @@ through ``get_backend``. It provides, with the contracts documented in ``kernels
 - softmax: ``row_shift``, ``row_max``, ``log_softmax``, ``xent_forward``,
   ``xent_forward_backward``; ``decode_xent`` (the scoring pass's decoder product and
   cross-entropy together, in blocks of bounded memory);
-- optimizer: ``sum_of_squares``, ``scale_inplace``, ``sgd_update``, ``adam_update``.
+- optimizer: ``sum_of_squares``, ``scale_inplace``, ``sgd_update``,
+  ``sgd_update_rows``, ``adam_update``.
 
 and the array plumbing the model needs without touching the arrays itself (a CUDA
 device array supports none of numpy's operators): ``is_array``, ``clone``, ``copy``,

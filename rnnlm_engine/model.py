@@ -22,6 +22,7 @@ from . import modelfile
 from .backend import get_backend
 from .config import CELLS, GATES, ModelConfig
 from .errors import ConfigError, InputError, ModelFileError, ParameterError, VocabularyError
+from .optim import RowSparse
 from .output import make_output
 from .state import Saved as _Saved
 from .state import State
@@ -270,7 +271,7 @@ class Model:
         return -self._k.to_host(nll).reshape(T, B), new_state  # negation: a fresh array
 
     def loss_and_grad(
-        self, inputs, targets, state=None, dropout_masks=None
+        self, inputs, targets, state=None, dropout_masks=None, row_sparse=False
     ) -> tuple[float, dict, State]:
         """Mean next-token cross-entropy in nats over all T * B positions and its gradients.
 
@@ -282,6 +283,10 @@ class Model:
         dropout_masks: None, or the L + 1 masks of ``dropout_masks(T, B, p, rng)``: mask k
         multiplies the input of layer k (the embeddings for k = 0), mask L the top layer's
         output before the decoder (PyTorch word_language_model's dropout placement).
+
+        row_sparse: give the embedding's gradient as an ``optim.RowSparse`` of the rows the
+        inputs touch (the same values; untied models only, else it stays dense), for the
+        optimizers that take one (SGD): a dense one is mostly zeros.
         """
         inputs, targets = self._check_pair(inputs, targets)
         state = self._check_state(state, inputs.shape[1])
@@ -308,10 +313,18 @@ class Model:
 
         # tied: the output's gradient on encoder.weight, which the embedding's adds to
         d_enc = grads.get("encoder.weight")
-        if d_enc is None:
-            d_enc = k.zeros((c.vocab_size, c.emb_size), np.float32)
-        k.embedding_backward(k.to_device(inputs.reshape(-1)), dx, d_enc)
-        grads["encoder.weight"] = d_enc
+        if d_enc is None and row_sparse:
+            # the same scatter into a compact array of the touched rows (a row's additions
+            # in the same order as into the dense one, so the same values)
+            rows, where = np.unique(inputs.reshape(-1), return_inverse=True)
+            values = k.zeros((len(rows), c.emb_size), np.float32)
+            k.embedding_backward(k.to_device(where.astype(np.int64)), dx, values)
+            grads["encoder.weight"] = RowSparse(k.to_device(rows.astype(np.int64)), values)
+        else:
+            if d_enc is None:
+                d_enc = k.zeros((c.vocab_size, c.emb_size), np.float32)
+            k.embedding_backward(k.to_device(inputs.reshape(-1)), dx, d_enc)
+            grads["encoder.weight"] = d_enc
         return loss, {name: grads[name] for name in c.parameter_shapes()}, new_state
 
     # ------------------------------------------------------------------ internals

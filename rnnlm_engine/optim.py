@@ -7,6 +7,7 @@ resumed run continues exactly where the interrupted one stopped.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
@@ -14,8 +15,25 @@ import numpy as np
 from .errors import ConfigError
 
 
-def _flat(a: np.ndarray) -> np.ndarray:
-    return a.reshape(-1)  # a view: parameters and gradients are C-contiguous
+@dataclass(frozen=True)
+class RowSparse:
+    """A gradient that is zero outside some rows of its (V, E) parameter: an embedding's,
+    which a window touches at its own tokens only (700 of WikiText-2's 33,278 rows for
+    batch 20 x BPTT 35). rows (n,) int64, unique, and values (n, E) on the backend.
+
+    Clipping and SGD on it are exact, and skip the zero rows: a dense one costs five passes
+    over a (V, E) array per window (zero, scatter, norm, scale, update; 26 MB for
+    WikiText-2's 2 x 200 model). Optimizers whose state moves for zero gradients too (Adam)
+    take the dense one (``takes_row_sparse`` is False)."""
+
+    rows: np.ndarray
+    values: np.ndarray
+
+
+def _flat(a) -> np.ndarray:
+    # a view: parameters and gradients are C-contiguous; a RowSparse's zero rows add
+    # nothing to a norm and stay zero when scaled
+    return (a.values if isinstance(a, RowSparse) else a).reshape(-1)
 
 
 def grad_norm(k: ModuleType, grads: dict[str, np.ndarray]) -> float:
@@ -48,6 +66,7 @@ class SGD:
     """Plain stochastic gradient descent: p -= lr * g."""
 
     name = "sgd"
+    takes_row_sparse = True
 
     def __init__(self, k: ModuleType, lr: float):
         if not lr > 0:
@@ -56,7 +75,11 @@ class SGD:
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         for name, p in params.items():
-            self.k.sgd_update(_flat(p), _flat(grads[name]), self.lr)
+            g = grads[name]
+            if isinstance(g, RowSparse):
+                self.k.sgd_update_rows(p, g.rows, g.values, self.lr)
+            else:
+                self.k.sgd_update(_flat(p), _flat(g), self.lr)
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         return {}, {"name": self.name, "lr": self.lr}
@@ -69,6 +92,7 @@ class Adam:
     """torch.optim.Adam (no weight decay, no amsgrad): the same update, float32 moments."""
 
     name = "adam"
+    takes_row_sparse = False  # its moments decay on rows with a zero gradient too
 
     def __init__(
         self,

@@ -242,6 +242,13 @@ def sgd_update(param, grad, lr):
     return param - lr * grad
 
 
+def sgd_update_rows(param, rows, grad, lr):
+    """sgd_update of a gradient that is grad (n, E) at the unique rows and zero elsewhere."""
+    out = param.copy()
+    out[rows] -= lr * grad
+    return out
+
+
 def adam_update(param, grad, m, v, lr, beta1=0.9, beta2=0.999, eps=1e-8, step=1):
     """One step of Adam as torch.optim.Adam (step counts from 1). Returns (param, m, v)."""
     m = beta1 * m + (1.0 - beta1) * grad

@@ -615,7 +615,7 @@ def train(
                 # a diverging run overflows: detected below and said in plain words instead
                 with np.errstate(over="ignore", invalid="ignore"):
                     loss, grads, hidden = run.model.loss_and_grad(
-                        inputs, targets, run.hidden, masks
+                        inputs, targets, run.hidden, masks, run.optimizer.takes_row_sparse
                     )
                 # the norm before clipping; measured without clipping too (diagnostics)
                 k = run.model._k

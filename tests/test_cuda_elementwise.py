@@ -259,6 +259,25 @@ def test_sgd_update(n, threads, blocks, seed, lr):
 
 @settings(max_examples=10)
 @given(
+    V=st.integers(1, 60),
+    E=st.integers(1, 9),
+    threads=THREADS,
+    blocks=st.sampled_from([None, 1, 3]),
+    seed=SEEDS,
+)
+def test_sgd_update_rows(V, E, threads, blocks, seed):
+    rng = np.random.default_rng(seed)
+    param = f32(rng, (V, E))
+    rows = np.unique(rng.integers(0, V, size=rng.integers(1, V + 1)))
+    grad = f32(rng, (len(rows), E))
+    d = dev(param)
+    ew.sgd_update_rows(d, dev(rows), dev(grad), 0.37, threads=threads, blocks=blocks)
+    want = oracle.sgd_update_rows(param.astype(np.float64), rows, grad.astype(np.float64), 0.37)
+    assert rel_err(d.copy_to_host(), want) < UPDATE_TOL
+
+
+@settings(max_examples=10)
+@given(
     **FLAT,
     seed=SEEDS,
     lr=st.sampled_from([1e-3, 0.1]),

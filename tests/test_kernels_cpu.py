@@ -432,6 +432,31 @@ def test_sgd_update(n, lr, seed):
 
 
 @given(
+    V=st.integers(1, 300),
+    E=st.integers(1, 40),
+    lr=st.sampled_from([1e-3, 0.1, 20.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_sgd_update_rows(V, E, lr, seed):
+    rng = np.random.default_rng(seed)
+    p = f32(rng, (V, E))
+    rows = np.unique(rng.integers(0, V, size=rng.integers(1, V + 1)))
+    g = f32(rng, (len(rows), E))
+    got = p.copy()
+    kc.sgd_update_rows(got, rows, g, lr)
+    want = oracle.sgd_update_rows(p.astype(np.float64), rows, g.astype(np.float64), lr)
+    # as test_sgd_update: two roundings per element
+    assert np.max(np.abs(got - want)) <= 4e-7 * max(1.0, np.max(np.abs(want)), lr * np.abs(g).max())
+    # and bit for bit the dense update of the same gradient (zeros elsewhere): training
+    # with a row-sparse embedding gradient takes the same steps as with the dense one
+    dense = np.zeros_like(p)
+    dense[rows] = g
+    same = p.copy()
+    kc.sgd_update(same.reshape(-1), dense.reshape(-1), lr)
+    np.testing.assert_array_equal(got, same)
+
+
+@given(
     n=st.integers(1, 3000),
     steps=st.integers(1, 5),
     lr=st.sampled_from([1e-3, 2e-3, 0.1]),

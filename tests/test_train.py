@@ -14,13 +14,14 @@ import rnnlm_engine.kernels.cpu as kc
 from rnnlm_engine import modelfile, oracle
 from rnnlm_engine.errors import ConfigError, InputError
 from rnnlm_engine.model import Model, load
-from rnnlm_engine.optim import Adam, clip_grad_norm
+from rnnlm_engine.optim import SGD, Adam, RowSparse, clip_grad_norm
 from rnnlm_engine.train import (
     Progress,
     TrainConfig,
     TrainingDiverged,
     batchify,
     evaluate,
+    initial_parameters,
     train,
 )
 from rnnlm_engine.vocab import Vocabulary
@@ -130,6 +131,47 @@ def test_ctrl_c_then_resume_ends_with_the_same_weights_bit_for_bit(data, tmp_pat
     assert [e["valid_loss"] for e in full.history] == [e["valid_loss"] for e in rest.history]
     # the interrupted epoch's training loss counts its windows from before the interruption
     assert [e["train_loss"] for e in full.history] == [e["train_loss"] for e in rest.history]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_row_sparse_embedding_gradient_is_the_dense_one(data, tied):
+    vocab, train_ids, _ = data
+    config = small_config(tied=tied, emb_size=16)
+    params = initial_parameters(config.model_config(len(vocab)), 0.5, np.random.default_rng(5))
+    if tied:
+        params["decoder.weight"] = params["encoder.weight"]
+    model = Model.from_state_dict(params, cell="lstm", tied=tied, vocab=vocab)
+    inputs = batchify(train_ids, 4)[:9]
+    targets = batchify(train_ids, 4)[1:10]
+    _, dense, _ = model.loss_and_grad(inputs, targets)
+    _, sparse, _ = model.loss_and_grad(inputs, targets, row_sparse=True)
+    g = sparse["encoder.weight"]
+    if tied:  # the decoder's gradient on the shared matrix is dense: it stays dense
+        np.testing.assert_array_equal(g, dense["encoder.weight"])
+        return
+    assert isinstance(g, RowSparse)
+    np.testing.assert_array_equal(g.rows, np.unique(inputs))
+    np.testing.assert_array_equal(g.values, dense["encoder.weight"][g.rows])
+    untouched = np.setdiff1d(np.arange(len(vocab)), g.rows)
+    assert not np.any(dense["encoder.weight"][untouched])
+    for name in dense:
+        if name != "encoder.weight":
+            np.testing.assert_array_equal(sparse[name], dense[name], err_msg=name)
+
+
+def test_sgd_trains_the_same_with_the_row_sparse_gradient(data, tmp_path, monkeypatch):
+    """Training with SGD takes the embedding's gradient row-sparse (clipping and update on
+    the touched rows only); the run must be the dense run bit for bit."""
+    vocab, train_ids, valid_ids = data
+    config = small_config(optimizer="sgd", lr=1.0, clip=0.05, epochs=2)
+    sparse = train(train_ids, valid_ids, vocab, config, tmp_path / "s.rnnlm", progress=Silent())
+    monkeypatch.setattr(SGD, "takes_row_sparse", False)
+    dense = train(train_ids, valid_ids, vocab, config, tmp_path / "d.rnnlm", progress=Silent())
+    assert [e["valid_loss"] for e in sparse.history] == [e["valid_loss"] for e in dense.history]
+    assert sparse.history[-1]["clipped"] > 0  # the clipping was exercised
+    a, b = weights(tmp_path / "s.rnnlm.ckpt"), weights(tmp_path / "d.rnnlm.ckpt")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 def test_resume_refuses_other_settings_or_data(data, tmp_path):

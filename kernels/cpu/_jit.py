@@ -784,6 +784,17 @@ def sgd_update(param, grad, lr):
 
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
+def sgd_update_rows(param, rows, grad, lr):
+    """param[rows[n]] -= lr * grad[n] for a gradient that is zero outside the unique rows
+    (an embedding's): the same arithmetic, row for row, as sgd_update on the dense one."""
+    a = np.float32(lr)
+    for n in range(rows.shape[0]):
+        r = rows[n]
+        for j in range(param.shape[1]):
+            param[r, j] -= a * grad[n, j]
+
+
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     """One torch.optim.Adam step (step counts from 1), updating param, m and v in place."""
     b1 = np.float32(beta1)

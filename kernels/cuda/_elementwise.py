@@ -470,6 +470,24 @@ def sgd_update(param, grad, lr, *, threads=None, blocks=None):
     _sgd_k[b, t](param, grad, np.float32(lr))
 
 
+@cuda.jit
+def _sgd_rows_k(param, rows, grad, lr):
+    E = grad.shape[1]
+    for i in range(cuda.grid(1), rows.shape[0] * E, cuda.gridsize(1)):
+        n = i // E
+        e = i - n * E
+        param[rows[n], e] -= lr * grad[n, e]
+
+
+def sgd_update_rows(param, rows, grad, lr, *, threads=None, blocks=None):
+    """param (V, E)[rows[n]] -= lr * grad (n, E)[n], rows (n,) int64 unique (no races)."""
+    n = grad.shape[0] * grad.shape[1]
+    if n == 0:
+        return
+    b, t = _grid(n, threads, blocks)
+    _sgd_rows_k[b, t](param, rows, grad, np.float32(lr))
+
+
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, *, threads=None, blocks=None):
     """One torch.optim.Adam step (step counts from 1), updating param, m and v in place;
     the scalars are formed exactly as in the CPU kernel (1 - beta in float64 first, bias
@@ -733,6 +751,7 @@ __all__ = [
     "scale_inplace",
     "set_block_size",
     "sgd_update",
+    "sgd_update_rows",
     "sum_of_squares",
     "xent_forward",
     "xent_forward_backward",
