@@ -112,22 +112,28 @@ def main(argv=None) -> int:
     if torch_rate is not None:
         print(f"{'torch adaptive (same)':<24} {torch_rate:>15,.0f} {torch_rate / base_t:>6.2f}")
 
-    # a streamed token: feed one token (the whole distribution comes back), alternating
+    # a streamed token, alternating between the models: feed (the whole distribution
+    # comes back), and push + logprob of the token that follows (what scoring a stream
+    # asks: the adaptive softmax computes its head and at most that token's cluster)
     streams = {name: m.stream() for name, m in models.items()}
     for s in streams.values():
         s.feed(int(ids[0]))
-    feed_s: dict[str, list[float]] = {name: [] for name in models}
+    ways = {
+        "feed": lambda s, j: s.feed(int(ids[j])),
+        "push + logprob": lambda s, j: (s.push(int(ids[j])), s.logprob(int(ids[j + 1]))),
+    }
+    step_s: dict[tuple, list[float]] = {}
     for j in range(1, args.stream_tokens + 1):
-        for name, s in streams.items():
-            t0 = time.perf_counter()
-            s.feed(int(ids[j]))
-            feed_s[name].append(time.perf_counter() - t0)
-    print(f"\n{'a streamed token':<24} {'us':>15} {'speed':>6}")
-    base = None
-    for name, times_ in feed_s.items():
+        for way, run in ways.items():
+            for name, s in streams.items():
+                t0 = time.perf_counter()
+                run(s, j)
+                step_s.setdefault((way, name), []).append(time.perf_counter() - t0)
+    print(f"\n{'a streamed token':<40} {'us':>8} {'speed':>6}")
+    base = 1e6 * statistics.median(step_s[("feed", "full softmax")])
+    for (way, name), times_ in step_s.items():
         us = 1e6 * statistics.median(times_)
-        base = base or us
-        print(f"{name:<24} {us:>15,.0f} {base / us:>6.2f}")
+        print(f"{way + ', ' + name:<40} {us:>8,.0f} {base / us:>6.2f}")
     return 0
 
 

@@ -3,7 +3,7 @@ the state at 0, 16 and 32 bytes past a cache line, side by side.
 
     python bench/bench_alignment.py     # about a minute on the 2-core build machine
 
-The same kernel (``_jit.stream_step``) runs on the same values, copied to three offsets;
+The same kernel (``_stream.stream_step``) runs on the same values, copied to three offsets;
 the three copies take turns in blocks of 40 calls, so that a slow phase of the machine
 hits them alike. numpy's own allocations are 16 bytes past a line or worse; the CPU
 backend's ``to_device`` and ``stack`` align to 64 bytes, and the kernel copies the state
@@ -19,7 +19,7 @@ import numpy as np
 from _common import random_params
 
 from rnnlm_engine import Model, ModelConfig
-from rnnlm_engine.kernels.cpu import _jit
+from rnnlm_engine.kernels.cpu import _stream
 
 # (name, V, H, blocks of 40 calls per offset)
 MODELS = [
@@ -51,7 +51,7 @@ def step_args(model: Model, offset: int, keep: list) -> tuple:
 
     state = rng.uniform(-1, 1, (L, 1, H)).astype(np.float32)
     return (
-        _jit.STREAM_CELLS["lstm"], np.zeros(L, np.uint8), np.array([[3]], np.int64), w["table"],
+        _stream.STREAM_CELLS["lstm"], np.zeros(L, np.uint8), np.array([[3]], np.int64), w["table"],
         w["emb"], w["w_ih0"],
         w["w_ih"], w["b_ih"], w["w_hh"], w["b_hh"], w["w_dec"], w["b_dec"], new(state.shape, state),
         new(state.shape, state), new((L, 1, H)), new((L, 1, H)), new((1, G)), new((1, G)),
@@ -69,17 +69,17 @@ def main() -> int:
         args = {o: step_args(model, o, keep) for o in OFFSETS}
         first = {}
         for o, a in args.items():
-            _jit.stream_step(*a)
+            _stream.stream_step(*a)
             first[o] = a[-1].copy()
         assert all(np.array_equal(first[0], v) for v in first.values())  # same bits
         times = {o: [] for o in OFFSETS}
         for _ in range(blocks):
             for o, a in args.items():
                 for _ in range(10):
-                    _jit.stream_step(*a)
+                    _stream.stream_step(*a)
                 for _ in range(40):
                     t0 = time.perf_counter()
-                    _jit.stream_step(*a)
+                    _stream.stream_step(*a)
                     times[o].append(time.perf_counter() - t0)
         print(f"{name:<12}" + "".join(f"{np.median(times[o]) * 1e6:>10.1f}" for o in OFFSETS))
     return 0

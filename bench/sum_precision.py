@@ -18,7 +18,7 @@ own (the exp polynomial, the float32 sums, the output's rounding), not the input
    log_softmax (Model.forward), xent_forward (scoring few rows), xent_forward_backward
    (the training loss), decode_xent (the scoring pass, vocabulary-blocked; given the
    logits exactly, as the product of an identity with them) and the streaming step's
-   softmax (_jit._log_softmax_serial, which stream_step runs). The error is max |got -
+   softmax (_stream._log_softmax_serial, which stream_step runs). The error is max |got -
    want| in nats over the kernel's output; "floor" is the same for the float64 answer
    rounded to float32, the error any float32 output has.
 2. The bias gradients, sums over N = T*B = --grad-rows rows (20,000):
@@ -119,7 +119,7 @@ def cpu_softmax_errors(k, logits, targets):
     out = np.empty_like(logits)
     k.log_softmax(logits, bias, shift, out)
     rows.append(("log_softmax", np.max(np.abs(out - want_lp)), floor_error(want_lp)))
-    k._jit._log_softmax_serial(logits, out)
+    k._stream._log_softmax_serial(logits, out)
     rows.append(("stream softmax", np.max(np.abs(out - want_lp)), floor_error(want_lp)))
     del out
 
@@ -309,7 +309,7 @@ def timing_cases(rng):
             return nll
 
         def row(k, logits=logits, out=out):
-            k._jit._log_softmax_serial(logits[:1], out[:1])
+            k._stream._log_softmax_serial(logits[:1], out[:1])
             return out[:1]
 
         def restore(grad=grad, logits=logits):  # xent_forward_backward overwrites grad

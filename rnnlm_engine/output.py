@@ -33,6 +33,9 @@ from .errors import ConfigError
 _DECODE_BLOCK_FLOATS = 1 << 23
 # Forward passes over at most this many rows decode through a (H, V) copy of the decoder.
 _DECODE_T_MAX_ROWS = 256
+# The adaptive softmax's full distribution of at most this many rows is one call of the
+# backend's adaptive_log_probs kernel (streams); more rows go to the batch kernels (BLAS).
+_ROWS_KERNEL_MAX = 16
 
 
 class FullSoftmax:
@@ -44,6 +47,9 @@ class FullSoftmax:
 
     # the fused streaming kernel (kernels' stream_step) computes this output itself
     streams_fused = True
+    # a stream's reads (one token's log-probability, the top k, a draw) need the whole
+    # distribution (its normaliser): nothing to gain from computing parts of it
+    reads_parts = False
 
     def __init__(self, model) -> None:
         self._m = model
@@ -168,6 +174,9 @@ class AdaptiveSoftmax:
     # streams run the layers with the batch kernels, then log_probs (streaming._step_unfused):
     # the fused streaming kernel has a full softmax built in
     streams_fused = False
+    # a stream reads one token's log-probability from the head and at most its cluster,
+    # and draws the cluster from the head and then the word (rows_log_probs's want)
+    reads_parts = True
 
     def __init__(self, model) -> None:
         self._m = model
@@ -180,9 +189,11 @@ class AdaptiveSoftmax:
     # -------------------------------------------------------------------- the contract
 
     def log_probs(self, top) -> np.ndarray:
+        N = top.shape[0]
+        if N <= _ROWS_KERNEL_MAX:  # few rows: one kernel call
+            return self._m._k.to_host(self.rows_log_probs(top)[1])
         m = self._m
         k = m._k
-        N = top.shape[0]
         out = np.empty((N, m.config.vocab_size), np.float32)
         head_lp = self._log_softmax(self._head_logits(top), self._head_bias())
         out[:, : self.shortlist] = head_lp[:, : self.shortlist]
@@ -292,6 +303,52 @@ class AdaptiveSoftmax:
 
     def stream_weights(self) -> dict:
         raise ConfigError("the fused streaming kernel has no adaptive softmax (see streaming.step)")
+
+    # ------------------------------------------------------- reads of a few rows (streams)
+
+    def rows_log_probs(self, top, want=None):
+        """The backend's adaptive_log_probs kernel on the rows of top (a few: streams):
+        (head (N, S + n): the head's log-probabilities, shortlist then clusters; out
+        (N, V): log p of the shortlist and of the clusters i with want[i], default all;
+        the other columns unwritten), fresh arrays on the backend."""
+        m = self._m
+        k = m._k
+        N = top.shape[0]
+        head_t, head_b, projs, outs_t = self._rows_weights()
+        want = np.ones(len(self.clusters), np.uint8) if want is None else want
+        head = k.empty((N, self.head_size), np.float32)
+        out = k.empty((N, m.config.vocab_size), np.float32)
+        k.adaptive_log_probs(top, head_t, head_b, projs, outs_t, want, head, out)
+        return head, out
+
+    def cluster_of(self, token: int) -> int:
+        """The tail cluster of an id, or -1 for the shortlist's."""
+        for i, (low, high) in enumerate(self.clusters):
+            if low <= token < high:
+                return i
+        return -1
+
+    def _rows_weights(self):
+        """(head^T (H, S + n), the head's bias or zeros, the projections, the maps
+        transposed): adaptive_log_probs's weights, built once."""
+        m = self._m
+
+        def build():
+            k, p = m._k, m._params
+
+            def transposed(name):
+                host = np.ascontiguousarray(k.to_host(p[name]).T)
+                return k.freeze(k.to_device_aligned(host))
+
+            n = len(self.clusters)
+            return (
+                transposed("decoder.head.weight"),
+                self._head_bias(),
+                tuple(p[f"decoder.tail.{i}.0.weight"] for i in range(n)),
+                tuple(transposed(f"decoder.tail.{i}.1.weight") for i in range(n)),
+            )
+
+        return m._cached("adaptive_rows", build)
 
     def check_sums(self, params: dict, x_bound: float, check) -> None:
         def row_l1(name):

@@ -4,8 +4,11 @@ A Stream owns its recurrent state; the Model it reads is immutable and may serve
 number of Streams in any number of threads (one Stream is not shared between threads:
 ``fork()`` it). Every feed is one call of the backend's ``stream_step`` kernel, which runs
 the embedding and every layer for each token and the decoder and log-softmax after the
-last, so feeding a chunk gives exactly what feeding its tokens one at a time gives. A call
-that fails leaves the Stream as it was.
+last, so feeding a chunk gives exactly what feeding its tokens one at a time gives (an
+adaptive softmax: the layers' kernel, then the output's own kernel for a few rows). A call
+that fails leaves the Stream as it was. ``push`` advances without the distribution: with
+an adaptive softmax, a token's log-probability, the top k and a draw then need only its
+head and the clusters concerned.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class Stream:
         # device array until something reads them (generate samples on the device and
         # copies back only the drawn id)
         self._logprobs = None
+        # after push() (an output that reads parts of its distribution): the top layer's
+        # output (1, H) on the backend, from which reads compute what they need
+        self._top = None
         self._tokens = array(self._token_type)
 
     def snapshot(self) -> Snapshot:
@@ -65,7 +71,7 @@ class Stream:
             self._model.fingerprint(),
             frozen(self._h)[:, 0],
             None if self._c is None else frozen(self._c)[:, 0],
-            frozen(None if self._logprobs is None else self._current()),
+            frozen(self._current() if self._predicts() else None),
             _frozen(np.frombuffer(self._tokens, self._token_dtype()).copy()),
         )
 
@@ -106,6 +112,7 @@ class Stream:
         self._c = None if snapshot.c is None else k.to_device(np.array(snapshot.c[:, None, :]))
         # a copy: a Snapshot built by hand may share its array
         self._logprobs = None if snapshot.logprobs is None else _read_only(snapshot.logprobs)
+        self._top = None
         self._tokens = tokens
 
     def fork(self) -> Stream:
@@ -132,16 +139,43 @@ class Stream:
         self._advance(self._ids(text_or_ids), to_host=True)
         return self._logprobs
 
+    def push(self, text_or_ids) -> None:
+        """Advance as feed does, without computing the next-token distribution: logprob,
+        prob, top, sample and generate then compute only what they need. With an adaptive
+        softmax that is its head and the clusters asked about (a shortlist token's
+        log-probability: the head alone; sampling: the head and the drawn cluster). A full
+        softmax needs its whole distribution for any of them, and push computes it as feed
+        does."""
+        self._push(self._ids(text_or_ids))
+
+    def _push(self, ids: np.ndarray) -> None:
+        if not self._model._output.reads_parts:
+            self._advance(ids, to_host=True)
+            return
+        h, c, top = streaming.layers_step(self._model, ids.reshape(-1, 1), self._h, self._c)
+        self._let_go()  # only now, after the step ran: a failed call changes nothing
+        self._h, self._c = h, c
+        self._logprobs, self._top = None, top
+        self._tokens.extend(ids.tolist())
+
     def _advance(self, ids: np.ndarray, to_host: bool) -> None:
         # one kernel call for the whole chunk, which computes exactly what feeding its
         # tokens one by one does, but the decoder only after the last
-        h, c, logprobs = streaming.step(self._model, ids.reshape(-1, 1), self._h, self._c, to_host)
+        model = self._model
+        if model._output.reads_parts:  # keep the top layer's output too (for draws)
+            h, c, top = streaming.layers_step(model, ids.reshape(-1, 1), self._h, self._c)
+            logprobs = model._output.rows_log_probs(top)[1]
+            logprobs = model._k.to_host(logprobs) if to_host else logprobs
+        else:
+            top = None
+            h, c, logprobs = streaming.step(model, ids.reshape(-1, 1), self._h, self._c, to_host)
         # only now, after every step ran: a failed call changes nothing
         self._let_go()
         self._h, self._c = h, c
         if isinstance(logprobs, np.ndarray):  # a fresh (1, V) array, ours to freeze
             logprobs = _frozen(logprobs)
         self._logprobs = logprobs[0]
+        self._top = top
         self._tokens.extend(ids.tolist())
 
     def _let_go(self) -> None:
@@ -180,7 +214,13 @@ class Stream:
 
     # ------------------------------------------------------------------ reading
 
+    def _predicts(self) -> bool:
+        return self._logprobs is not None or self._top is not None
+
     def _current(self) -> np.ndarray:
+        if self._logprobs is None and self._top is not None:  # after push(): compute it now
+            _, logprobs = self._model._output.rows_log_probs(self._top)
+            self._logprobs = _frozen(self._model._k.to_host(logprobs))[0]
         if self._logprobs is None:
             raise InputError("feed at least one token first: the stream has no prediction yet")
         if not isinstance(self._logprobs, np.ndarray):  # still on the device
@@ -199,20 +239,53 @@ class Stream:
     def _name(self, i: int):
         return self._vocab.token(i) if self._vocab is not None else i
 
+    def _parts(self, clusters) -> tuple[np.ndarray, np.ndarray]:
+        """An adaptive softmax's head log-probabilities (S + n,) and log p (V,) of the
+        shortlist and of the given clusters (other entries unset), on the host."""
+        if self._top is None:
+            self._current()  # raises: no prediction yet
+        out = self._model._output
+        want = np.zeros(len(out.clusters), np.uint8)
+        want[list(clusters)] = 1
+        head, logprobs = out.rows_log_probs(self._top, want)
+        k = self._model._k
+        return k.to_host(head)[0], k.to_host(logprobs)[0]
+
     def logprob(self, token) -> float:
         """log p(token | everything fed); token is a str of the vocabulary or an id."""
-        return float(self._current()[self._token_id(token)])
+        i = self._token_id(token)
+        if self._logprobs is None and self._top is not None:  # after push(): a part
+            cluster = self._model._output.cluster_of(i)
+            return float(self._parts([cluster] if cluster >= 0 else [])[1][i])
+        return float(self._current()[i])
 
     def prob(self, token) -> float:
         return float(np.exp(np.float64(self.logprob(token))))
 
     def top(self, k: int = 10) -> list[tuple]:
         """The k likeliest next tokens as [(token, probability)], likeliest first."""
-        lp = self._current()
-        k = max(1, min(int(k), lp.shape[0]))
-        idx = np.argpartition(-lp, k - 1)[:k]
+        k = max(1, min(int(k), self._V))
+        if self._logprobs is None and self._top is not None:  # after push(): a part
+            lp, idx = self._top_parts(k)
+        else:
+            lp = self._current()
+            idx = np.argpartition(-lp, k - 1)[:k]
         idx = idx[np.lexsort((idx, -lp[idx]))]
         return [(self._name(int(i)), float(np.exp(np.float64(lp[i])))) for i in idx]
+
+    def _top_parts(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(log p with the shortlist and every cluster that may hold one of the k likeliest
+        tokens, k candidate ids) from the head and those clusters only. A cluster's words
+        are no likelier than the cluster (float32 rounding keeps p + q <= p for q <= 0),
+        so a cluster below the shortlist's k-th log-probability holds none of them."""
+        out = self._model._output
+        head, _ = self._parts([])
+        S = out.shortlist
+        kth = np.partition(head[:S], S - k)[S - k] if k <= S else -np.inf
+        wanted = [i for i in range(len(out.clusters)) if head[S + i] >= kth]
+        _, lp = self._parts(wanted)
+        ids = np.concatenate([np.arange(S)] + [np.arange(*out.clusters[i]) for i in wanted])
+        return lp, ids[np.argpartition(-lp[ids], k - 1)[:k]]
 
     def sample(self, temperature: float = 1.0, top_k=None, top_p=None, seed=None):
         """Draw the next token (str, or id without a vocabulary); does not feed it.
@@ -222,7 +295,42 @@ class Stream:
         seed: an int or a numpy Generator for reproducible draws (default: the stream's
         own generator)."""
         rng = _generator(seed, self._rng)
-        return self._name(sample_id(self._current(), temperature, top_k, top_p, rng))
+        _check_sampling(temperature, top_k, top_p)
+        if self._in_parts(temperature, top_k, top_p):
+            return self._name(self._draw_in_parts(rng))
+        return self._name(_draw(self._current(), temperature, top_k, top_p, rng))
+
+    def _in_parts(self, temperature, top_k, top_p) -> bool:
+        """Whether a draw goes cluster first, then word (an adaptive softmax, plain
+        sampling): exactly the distribution, from the head and one cluster. A temperature,
+        top_k or top_p reshape the whole distribution, which then is computed."""
+        return (
+            self._model._output.reads_parts
+            and temperature == 1.0
+            and top_k is None
+            and top_p is None
+        )
+
+    def _draw_in_parts(self, rng) -> int:
+        """One draw of an adaptive softmax's distribution: a head entry (a shortlist id,
+        or a cluster), then a word of the cluster drawn, each by the inverse of its
+        cumulative distribution (one uniform each)."""
+        out = self._model._output
+        S = out.shortlist
+        if self._top is None:  # restored, or a StreamBatch's step: from the distribution
+            lp = self._current().astype(np.float64)
+            clusters = [np.log(np.exp(lp[a:b]).sum()) for a, b in out.clusters]
+            j = _inverse_cdf(np.concatenate([lp[:S], clusters]), rng)
+            if j < S:
+                return j
+            low, high = out.clusters[j - S]
+            return low + _inverse_cdf(lp[low:high], rng)
+        head, _ = self._parts([])
+        j = _inverse_cdf(head, rng)
+        if j < S:
+            return j
+        low, high = out.clusters[j - S]
+        return low + _inverse_cdf(self._parts([j - S])[1][low:high], rng)
 
     def generate(
         self,
@@ -244,16 +352,21 @@ class Stream:
         _check_sampling(temperature, top_k, top_p)
         if prompt is not None and not (isinstance(prompt, str) and prompt == ""):
             self.feed(prompt)
-        if self._logprobs is None:
+        if not self._predicts():
             self._current()  # raises: nothing to predict from yet
         generated: list[int] = []
         device = _device_sampler(self._model._k)
+        parts = self._in_parts(temperature, top_k, top_p)
         for _ in range(int(max_tokens)):
-            if device is None:
-                i = _draw(self._current(), temperature, top_k, top_p, rng)  # checked above
+            if parts:  # the head and the drawn cluster; the next step without the rest
+                i = self._draw_in_parts(rng)
+                self._push(np.array([i], np.int64))
             else:
-                i = device(self._logprobs, temperature, top_k, top_p, rng)
-            self._advance(np.array([i], np.int64), to_host=device is None)
+                if device is None:
+                    i = _draw(self._current(), temperature, top_k, top_p, rng)  # checked above
+                else:
+                    i = device(self._logprobs, temperature, top_k, top_p, rng)
+                self._advance(np.array([i], np.int64), to_host=device is None)
             token = self._name(i)
             yield token
             if stop and self._vocab is not None:
@@ -305,6 +418,13 @@ def sample_id(logprobs: np.ndarray, temperature, top_k, top_p, rng) -> int:
     """One draw from softmax(logprobs / temperature), restricted by top_k and top_p."""
     _check_sampling(temperature, top_k, top_p)
     return _draw(logprobs, temperature, top_k, top_p, rng)
+
+
+def _inverse_cdf(logprobs: np.ndarray, rng) -> int:
+    """One draw from softmax(logprobs) by the inverse of its cumulative distribution."""
+    z = logprobs.astype(np.float64)
+    c = np.cumsum(np.exp(z - z.max()))
+    return min(int(np.searchsorted(c, rng.random() * c[-1], side="right")), len(c) - 1)
 
 
 def _draw(logprobs: np.ndarray, temperature, top_k, top_p, rng) -> int:
@@ -403,6 +523,7 @@ class StreamBatch:
             s._h = hs[n]
             s._c = None if cs is None else cs[n]
             s._logprobs = logprobs[n]
+            s._top = None  # its draws go by the distribution (as after a restore)
             s._shared = shared.held_by(s)
             s._tokens.append(token)
         return [s._logprobs for s in streams]

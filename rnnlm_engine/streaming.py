@@ -1,7 +1,9 @@
 """A model's streaming step: T tokens for N streams in one call of the backend's fused
 ``stream_step`` kernel (every layer, then the decoder and log-softmax after the last), and
 the weights stacked as that kernel takes them; for an output layer the kernel does not
-compute (the adaptive softmax), the batch kernels and then the output's distribution.
+compute (the adaptive softmax), the layers' kernel ``stream_layers`` and then the output's
+own kernel for a few rows. ``layers_step`` stops before the output: a stream that reads
+one token's log-probability or samples asks the adaptive softmax for only what it needs.
 
 Streams and StreamBatch call ``step``; it reads the model's parameters, derived-value
 cache and per-thread workspace (model._params, _cached, _ws), as output.py does.
@@ -11,8 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .state import State
-
 
 def step(model, ids: np.ndarray, h: np.ndarray, c: np.ndarray | None, to_host=True):
     """T streaming steps for N streams: ids (T, N) int64 (checked by the caller), state
@@ -21,18 +21,10 @@ def step(model, ids: np.ndarray, h: np.ndarray, c: np.ndarray | None, to_host=Tr
     given is never modified."""
     if not model._output.streams_fused:
         return _step_unfused(model, ids, h, c, to_host)
-    # the per-token path: its Python around the kernel is kept short (prepared argument
-    # tuples instead of lookups per call: char LSTM 2x256, 35 -> 32 us a token)
     k = model._k
-    cell, residual, weights = model._cached("stream_args", lambda: _build_stream_args(model))
-    N = ids.shape[1]
-    kept = model._ws.stream_scratch
-    if kept is None or kept[0] != N:
-        kept = model._ws.stream_scratch = (N, _build_stream_scratch(model, N))
-    c0, gx, gh, logits = kept[1]
-    shape = c0.shape
-    h_out = k.empty(shape, np.float32)
-    c_out = k.empty(shape, np.float32)
+    cell, residual, weights, c0, gx, gh, logits = _prepared(model, ids.shape[1])
+    h_out = k.empty(c0.shape, np.float32)
+    c_out = k.empty(c0.shape, np.float32)
     logprobs = k.empty(logits.shape, np.float32)
     k.stream_step(
         cell, residual, k.to_device(ids), *weights, h, (c0 if c is None else c), h_out,
@@ -45,24 +37,50 @@ def step(model, ids: np.ndarray, h: np.ndarray, c: np.ndarray | None, to_host=Tr
     )
 
 
+def _prepared(model, N: int) -> tuple:
+    """(cell, residual, weights, c0, gx, gh, logits): the kernels' prepared arguments and
+    the calling thread's scratch for N streams. The per-token path: its Python around the
+    kernel is kept short (prepared argument tuples instead of lookups per call: char LSTM
+    2x256, 35 -> 32 us a token)."""
+    args = model._cached("stream_args", lambda: _build_stream_args(model))
+    kept = model._ws.stream_scratch
+    if kept is None or kept[0] != N:
+        kept = model._ws.stream_scratch = (N, _build_stream_scratch(model, N))
+    return (*args, *kept[1])
+
+
 def _step_unfused(model, ids: np.ndarray, h, c, to_host: bool):
     """step() for an output the fused streaming kernel does not compute (the adaptive
-    softmax): the batch kernels over the T steps, then the output layer's full
-    distribution after the last (slower per token than the fused kernel)."""
-    T, N = ids.shape
-    top, state = model._forward_layers(ids, State(h, c), None)
-    logprobs = model._output.log_probs(top[(T - 1) * N :])
-    return state.h, state.c, (logprobs if to_host else model._k.to_device(logprobs))
+    softmax): the layers' streaming kernel, then the output's distribution of the rows."""
+    h_out, c_out, top = layers_step(model, ids, h, c)
+    _, logprobs = model._output.rows_log_probs(top)
+    return h_out, c_out, (model._k.to_host(logprobs) if to_host else logprobs)
+
+
+def layers_step(model, ids: np.ndarray, h, c):
+    """step() without the output layer: (new h, new c, the top layer's output (N, H)
+    after the last step), fresh arrays on the backend (the backend's stream_layers)."""
+    k = model._k
+    cell, residual, weights, c0, gx, gh, _ = _prepared(model, ids.shape[1])
+    h_out = k.empty(c0.shape, np.float32)
+    c_out = k.empty(c0.shape, np.float32)
+    top = k.empty((ids.shape[1], c0.shape[2]), np.float32)
+    k.stream_layers(
+        cell, residual, k.to_device(ids), *weights[:7], h, (c0 if c is None else c), h_out,
+        c_out, gx, gh, top,
+    )  # fmt: skip
+    return h_out, (c_out if c is not None else None), top
 
 
 def _build_stream_args(model) -> tuple:
     """(cell id, residual flags (L,) uint8 on the backend, the weights in the streaming
-    kernel's argument order)."""
+    kernel's argument order: the layers' seven, then the decoder's two where the kernel
+    computes the output)."""
     k, c = model._k, model.config
     w = streaming_weights(model)
     order = ("table", "emb", "w_ih0", "w_ih", "b_ih", "w_hh", "b_hh", "w_dec", "b_dec")
     residual = k.to_device(np.array(c.residual_layers, np.uint8))
-    return k.STREAM_CELLS[c.cell], residual, tuple(w[name] for name in order)
+    return k.STREAM_CELLS[c.cell], residual, tuple(w[name] for name in order if name in w)
 
 
 def _build_stream_scratch(model, N: int) -> tuple:
@@ -95,8 +113,9 @@ def _build_streaming_weights(model) -> dict:
         "b_ih": k.stack([p[f"rnn.bias_ih_l{i}"] for i in range(L)]),
         "w_hh": k.stack([p[f"rnn.weight_hh_l{i}"] for i in range(L)]),
         "b_hh": k.stack([p[f"rnn.bias_hh_l{i}"] for i in range(L)]),
-        **model._output.stream_weights(),
     }
+    if model._output.streams_fused:
+        built |= model._output.stream_weights()
     for a in built.values():
         k.freeze(a)
     return built

@@ -21,7 +21,7 @@ FWD_TOL = 1e-5
 GRAD_TOL = 1e-4
 GRAD_FLOOR = 1e-2  # gradients are judged relative to at least 1e-2 max|dhs|
 # States are judged relative to at least FWD_FLOOR: the CPU's tanh has an absolute error
-# near 0 of a float32 rounding of 1 (6e-8, see kernels/cpu/_jit.py _tanh), so a window
+# near 0 of a float32 rounding of 1 (6e-8, see kernels/cpu/_math.py _tanh), so a window
 # whose every state is near 0 (T = B = H = 1, a closed output gate: |h| = 2e-7) has no
 # relative accuracy to judge; 1e-5 of 0.02 is 2e-7, 3x that absolute error.
 FWD_FLOOR = 0.02

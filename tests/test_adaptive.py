@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnlm_engine import ConfigError, ModelConfig, oracle
+from rnnlm_engine.state import State
 
 TOL = 1e-9
 
@@ -269,14 +270,19 @@ def test_streams_of_an_adaptive_model_predict_what_the_oracle_does():
         assert err(out[1], ref._current()) < LP_TOL
 
 
-def test_sampling_an_adaptive_model_draws_what_its_distribution_says():
+@pytest.mark.parametrize("how", ["head, then the cluster", "from a restored distribution"])
+def test_sampling_an_adaptive_model_draws_what_its_distribution_says(how):
     """A fixed-seed frequency check: 20,000 draws against the stream's distribution; the
     bound (4 standard deviations of each count, plus one) fails for a sampler that
-    misplaces a cluster or ignores the head."""
+    misplaces a cluster or ignores the head. A fed stream draws the cluster from the head,
+    then the word; a restored one (no top layer's output kept) from its distribution."""
     config = ModelConfig("gru", 12, 4, 8, 1, cutoffs=(3, 7), div_value=2.0)
     _, model = engine_model(config, 7)
     s = model.stream()
     p = np.exp(np.float64(s.feed([1, 5])))
+    if how == "from a restored distribution":
+        s.restore(s.snapshot())
+    assert (s._top is None) == (how == "from a restored distribution")
     n = 20_000
     rng_seed = 11
     draws = [s.sample(seed=rng_seed + i) for i in range(n)]
@@ -286,6 +292,134 @@ def test_sampling_an_adaptive_model_draws_what_its_distribution_says():
         counts,
         expected,
     )
+
+
+def rows_case(backend, V, n, H, N, head_bias, seed):
+    """A model of random weights, and the rows kernel's arguments for N random rows."""
+    rng = np.random.default_rng(seed)
+    n = min(n, V - 1, int(np.log2(H)))  # tail i projects to H // 2 ** (i + 1) >= 1 units
+    cutoffs = tuple(sorted(rng.choice(np.arange(1, V), n, replace=False).tolist()))
+    config = ModelConfig("rnn", V, 3, H, 1, cutoffs=cutoffs, div_value=2.0, head_bias=head_bias)
+    sd, model = engine_model(config, seed, backend)
+    top = rng.uniform(-1, 1, (N, H)).astype(np.float32)
+    want = rng.integers(0, 2, n).astype(np.uint8)
+    return sd, config, model, top, want
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    V=st.integers(2, 70),
+    n=st.integers(1, 3),
+    H=st.sampled_from([2, 5, 16, 33]),
+    N=st.integers(1, 5),
+    head_bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_rows_kernel_computes_what_the_oracle_does(V, n, H, N, head_bias, seed):
+    """adaptive_log_probs (a stream's output) against the oracle, outputs poisoned: the
+    head, the shortlist and the wanted clusters are written, the others are not."""
+    import rnnlm_engine.kernels.cpu as kc
+
+    sd, config, model, top, want = rows_case(None, V, n, H, N, head_bias, seed)
+    head_t, head_b, projs, outs_t = model._output._rows_weights()
+    head = np.full((N, model._output.head_size), np.nan, np.float32)
+    out = np.full((N, V), np.nan, np.float32)
+    kc.adaptive_log_probs(top, head_t, head_b, projs, outs_t, want, head, out)
+    check_rows(sd, config, top, want, head, out)
+
+
+def check_rows(sd, config, top, want, head, out):
+    p64 = {k: np.float64(v) for k, v in sd.items()}
+    full = oracle.adaptive_log_probs(p64, config, np.float64(top))
+    head_want = oracle.log_softmax(oracle._adaptive_head(p64, np.float64(top)))
+    assert err(head, head_want) < LP_TOL
+    bounds = [*config.cutoffs, config.vocab_size]
+    written = np.zeros(config.vocab_size, bool)
+    written[: bounds[0]] = True
+    for i, (low, high) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        written[low:high] = bool(want[i])
+    # float32 products of at most 33 terms, then a log-softmax: LP_TOL normwise
+    assert err(out[:, written], full[:, written]) < LP_TOL
+    assert np.isnan(out[:, ~written]).all()  # the poison is where nothing was asked
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    V=st.integers(2, 40),
+    n=st.integers(1, 3),
+    N=st.integers(1, 3),
+    head_bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_cuda_rows_kernel_computes_what_the_oracle_does(V, n, N, head_bias, seed):
+    import rnnlm_engine.kernels.cuda as kc
+
+    if kc.unavailable_reason() is not None:
+        pytest.skip(f"the cuda backend cannot run here: {kc.unavailable_reason()}")
+    sd, config, model, top, want = rows_case("cuda", V, n, 8, N, head_bias, seed)
+    head_t, head_b, projs, outs_t = model._output._rows_weights()
+    head = kc.to_device(np.full((N, model._output.head_size), np.nan, np.float32))
+    out = kc.to_device(np.full((N, V), np.nan, np.float32))
+    with kc.small_launches():
+        kc.adaptive_log_probs(kc.to_device(top), head_t, head_b, projs, outs_t, want, head, out)
+    check_rows(sd, config, top, want, kc.to_host(head), kc.to_host(out))
+
+
+@pytest.mark.parametrize("backend", [None, "cuda"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_the_layers_kernel_is_the_stream_step_without_its_output(backend, residual):
+    """stream_layers: the states of stream_step bit for bit, and the top layer's output."""
+    from rnnlm_engine import streaming
+
+    if backend == "cuda":
+        import rnnlm_engine.kernels.cuda as kc
+
+        if kc.unavailable_reason() is not None:
+            pytest.skip(f"the cuda backend cannot run here: {kc.unavailable_reason()}")
+    config = ModelConfig("lstm", 20, 6, 6, 2, residual=residual)
+    _, model = engine_model(config, 2, backend)
+    k = model._k
+    state = model.zero_state(2)
+    h0, c0 = k.to_device(state.h + 0.3), k.to_device(state.c - 0.2)
+    ids = np.array([[1, 7], [3, 19], [0, 2]])
+    h, c, lp = streaming.step(model, ids, h0, c0)
+    h2, c2, top = streaming.layers_step(model, ids, h0, c0)
+    np.testing.assert_array_equal(k.to_host(h2), k.to_host(h))
+    np.testing.assert_array_equal(k.to_host(c2), k.to_host(c))
+    # the top layer's output (h, plus the layer's input where residual) as the batch
+    # kernels give it, to float32 rounding
+    want_top, _ = model._forward_layers(ids, State(h0, c0), None)
+    np.testing.assert_allclose(k.to_host(top), k.to_host(want_top)[-2:], rtol=1e-5, atol=1e-6)
+    # the output of that top is the distribution the step gave
+    assert err(model._output.log_probs(top), k.to_host(lp)) < LP_TOL
+
+
+def test_a_pushed_stream_reads_parts_equal_to_the_whole():
+    """push() computes no distribution: logprob, top and draws take the head and the
+    clusters they need, and give exactly what the whole distribution gives (the same
+    kernel computes each part)."""
+    config = ModelConfig("lstm", 40, 5, 16, 2, cutoffs=(6, 15, 30), div_value=2.0)
+    _, model = engine_model(config, 3)
+    fed, pushed = model.stream(), model.stream()
+    whole = fed.feed([1, 2, 33])
+    pushed.push([1, 2, 33])
+    assert pushed._logprobs is None
+    for token in (0, 5, 6, 14, 15, 29, 30, 39):
+        assert pushed.logprob(token) == float(whole[token]), token
+    for k in (1, 3, 7, 40):
+        assert pushed.top(k) == fed.top(k), k
+    assert pushed._logprobs is None  # still nothing whole computed
+    assert [pushed.sample(seed=i) for i in range(40)] == [fed.sample(seed=i) for i in range(40)]
+    a = list(pushed.fork().generate(max_tokens=12, seed=5))
+    assert a == list(fed.fork().generate(max_tokens=12, seed=5))
+    np.testing.assert_array_equal(pushed.snapshot().logprobs, whole)  # computed for it
+    assert pushed.tokens == fed.tokens == (1, 2, 33)
+    # a full softmax needs its whole distribution for any read: push computes it
+    full = ModelConfig("lstm", 40, 5, 16, 2)
+    _, model = engine_model(full, 3)
+    s = model.stream()
+    s.push([1, 2, 33])
+    np.testing.assert_array_equal(s._logprobs, model.stream().feed([1, 2, 33]))
 
 
 @pytest.mark.parametrize(

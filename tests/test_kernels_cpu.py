@@ -321,7 +321,7 @@ def test_decode_xent_recomputes_a_block_far_above_the_running_max():
     bias = np.zeros(V, np.float32)
     targets = np.arange(N) % V
     nll = poisoned(N)
-    assert 100.0 > kc._jit.RESCALE_LIMIT
+    assert 100.0 > kc._elementwise.RESCALE_LIMIT
     kc.decode_xent(top, w_dec, bias, targets, nll, scratch(), block_floats=4 * N, min_rows=1)
     want = oracle.xent_forward(top.astype(np.float64) @ w_dec.T.astype(np.float64), bias, targets)
     np.testing.assert_allclose(nll, want, rtol=1e-6, atol=1e-5)
@@ -354,7 +354,7 @@ def test_log_normaliser_of_a_large_vocabulary_is_summed_in_float64(kernel):
         if kernel == "log_softmax":
             kc.log_softmax(logits, bias, shift, got)
         else:  # the streaming step's row softmax (stream_step's last stage)
-            kc._jit._log_softmax_serial(logits, got)
+            kc._stream._log_softmax_serial(logits, got)
         want = oracle.log_softmax(l64)
     else:
         got = poisoned(N)
@@ -478,3 +478,32 @@ def test_adam_update(n, steps, lr, seed):
     assert np.max(np.abs(p - p64)) <= steps * lr * 1e-5 + 1e-6 * np.max(np.abs(p64))
     assert rel_err(m, m64) < 1e-5
     assert rel_err(v, v64) < 1e-5
+
+
+def test_every_kernel_file_is_cached_under_the_stamp_of_the_whole_folder(tmp_path, monkeypatch):
+    """Numba's cache of a kernel is keyed on the stamp its locator gives: for the CPU
+    kernels, a hash of every file of kernels/cpu, so that a helper changed in one file
+    (inlined by kernels of another) recompiles them all (kernels/cpu/_cache.py)."""
+    import shutil
+
+    from rnnlm_engine.kernels.cpu import _adaptive, _cache, _cells, _elementwise, _stream
+
+    kernels = [
+        _stream.stream_step,
+        _adaptive.adaptive_log_probs,
+        _cells.lstm_step_forward,
+        _elementwise.log_softmax,
+    ]
+    for kernel in kernels:
+        locator = kernel._cache._impl._locator
+        assert isinstance(locator, _cache._FolderStamp), kernel
+        assert locator.get_source_stamp() == _cache.folder_stamp()
+    # a copy of the folder has the same stamp; a change to one helper file changes it
+    copy = tmp_path / "cpu"
+    shutil.copytree(_cache._FOLDER, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(_cache, "_FOLDER", copy)
+    same = _cache.folder_stamp()
+    (copy / "_math.py").write_text((copy / "_math.py").read_text() + "\n# changed\n")
+    assert _cache.folder_stamp() != same
+    monkeypatch.undo()
+    assert same == _cache.folder_stamp()

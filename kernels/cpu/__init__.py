@@ -6,9 +6,23 @@ validates its input (``rnnlm_engine.model`` does, before any kernel runs).
 
 import numpy as np
 
-from . import _jit
-from ._jit import (
-    STREAM_CELLS,
+from . import _cache
+
+_cache.install()  # before any kernel module: their cache is keyed on the whole folder
+
+from . import _adaptive, _elementwise, _stream  # noqa: E402
+from ._cells import (  # noqa: E402
+    ACTS_PER_HIDDEN,
+    CELL_BACKWARD,
+    CELL_FORWARD,
+    gru_backward,
+    gru_forward,
+    lstm_backward,
+    lstm_forward,
+    rnn_backward,
+    rnn_forward,
+)
+from ._elementwise import (  # noqa: E402
     adam_update,
     embedding_backward,
     embedding_forward,
@@ -22,18 +36,8 @@ from ._jit import (
     xent_forward,
     xent_forward_backward,
 )
-from .cells import (
-    ACTS_PER_HIDDEN,
-    CELL_BACKWARD,
-    CELL_FORWARD,
-    gru_backward,
-    gru_forward,
-    lstm_backward,
-    lstm_forward,
-    rnn_backward,
-    rnn_forward,
-    workqueue_lock,
-)
+from ._stream import STREAM_CELLS  # noqa: E402
+from ._threads import workqueue_lock  # noqa: E402
 
 NAME = "cpu"
 
@@ -81,11 +85,23 @@ def to_host(array):
     return array
 
 
+def adaptive_log_probs(*args):
+    """_adaptive.adaptive_log_probs (see there), serialised as stream_step is."""
+    with workqueue_lock():
+        _adaptive.adaptive_log_probs(*args)
+
+
+def stream_layers(*args):
+    """_stream.stream_layers (see there), serialised as stream_step is."""
+    with workqueue_lock():
+        _stream.stream_layers(*args)
+
+
 def stream_step(*args):
-    """_jit.stream_step (see there), serialised with every other parallel launch on
+    """_stream.stream_step (see there), serialised with every other parallel launch on
     Numba's workqueue layer, which aborts the process when two threads launch at once."""
     with workqueue_lock():
-        _jit.stream_step(*args)
+        _stream.stream_step(*args)
 
 
 def is_array(a) -> bool:
@@ -144,9 +160,9 @@ def thaw(a):
 
 
 def column_sums(a):
-    """(N, G) -> a new (G,): the sum over rows (a bias gradient), in float64 (_jit.py)."""
+    """(N, G) -> a new (G,): the sum over rows (a bias gradient), in float64 (_elementwise.py)."""
     out = np.empty(a.shape[1], np.float32)
-    _jit.column_sums(a, out)
+    _elementwise.column_sums(a, out)
     return out
 
 
@@ -156,7 +172,7 @@ SHIFT_SLACK = 40.0
 
 
 def row_shift(logits, bias, out):
-    """out (N,): a softmax shift for each row of logits + bias (see _jit.py, softmax).
+    """out (N,): a softmax shift for each row of logits + bias (see _elementwise.py, softmax).
 
     numpy's SIMD row max of the logits alone (0.85 ms for 700 x 10000) plus max(bias) is
     an upper bound within max(bias) - min(bias) of the true max; Numba's exact max of
@@ -217,7 +233,7 @@ def decode_xent(
     top_t = work("xent_top_t", (H * rows,))
     buf = work("xent_logits_t", (vb * rows,))
     state = work("xent_state", (4, rows))  # m, target logit, block max, partial sum
-    sums = np.empty((2, rows))  # float64: s, s before the block (see _jit.xent_block)
+    sums = np.empty((2, rows))  # float64: s, s before the block (see _elementwise.xent_block)
     for r0 in range(0, N, rows):
         r1 = min(N, r0 + rows)
         n = r1 - r0
@@ -229,8 +245,8 @@ def decode_xent(
             v1 = min(V, v0 + vb)
             block = buf[: (v1 - v0) * n].reshape(v1 - v0, n)
             np.matmul(w_dec[v0:v1], tt, out=block)
-            _jit.xent_block(block, bias, v0, targets[r0:r1], m, s, tl, bm, sb, part)
-        _jit.xent_finish(m, s, tl, nll[r0:r1])
+            _elementwise.xent_block(block, bias, v0, targets[r0:r1], m, s, tl, bm, sb, part)
+        _elementwise.xent_finish(m, s, tl, nll[r0:r1])
 
 
 def forward_layout(w):
@@ -247,6 +263,7 @@ __all__ = [
     "CELL_FORWARD",
     "NAME",
     "adam_update",
+    "adaptive_log_probs",
     "add_bias",
     "clone",
     "copy",
@@ -280,6 +297,7 @@ __all__ = [
     "sgd_update",
     "sgd_update_rows",
     "STREAM_CELLS",
+    "stream_layers",
     "stream_step",
     "sum_of_squares",
     "to_device",

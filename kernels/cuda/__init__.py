@@ -22,6 +22,7 @@ from numba import config, cuda
 from numba.core.errors import NumbaPerformanceWarning
 
 from . import _cells, _elementwise, _gemm, _stream
+from ._adaptive import adaptive_log_probs
 from ._arrays import (
     add_bias,
     clone,
@@ -71,7 +72,7 @@ from ._elementwise import (
 )
 from ._gemm import column_sums as _column_sums
 from ._gemm import gemm  # matmul and decode_xent
-from ._stream import STREAM_CELLS, stream_step
+from ._stream import STREAM_CELLS, stream_layers, stream_step
 
 NAME = "cuda"
 _SIMULATOR = bool(config.ENABLE_CUDASIM)  # numba's CUDA simulator: kernels run on the CPU
@@ -205,6 +206,7 @@ __all__ = [
     "NAME",
     "STREAM_CELLS",
     "adam_update",
+    "adaptive_log_probs",
     "add_bias",
     "clone",
     "column_sums",
@@ -238,6 +240,7 @@ __all__ = [
     "sgd_update_rows",
     "stack",
     "split_streams",
+    "stream_layers",
     "stream_step",
     "sum_of_squares",
     "thaw",

@@ -1,5 +1,5 @@
 """Recurrent cells over a whole sequence on the GPU (numba.cuda): forward, and backward
-through time. The CUDA twin of kernels/cpu/cells.py, with the same contract and the same
+through time. The CUDA twin of kernels/cpu/_cells.py, with the same contract and the same
 saved-activation layout, so that either backend's forward feeds the other's backward.
 
 Each time step is one gemm for the recurrent product (h_{t-1} @ w_hh^T, see _gemm.py)

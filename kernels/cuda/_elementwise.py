@@ -1,5 +1,5 @@
 """numba.cuda kernels of the CUDA backend: embedding, row softmaxes, optimizer updates and
-sampling; the twins of ``kernels/cpu/_jit.py`` (same names, same argument order).
+sampling; the twins of ``kernels/cpu/_elementwise.py`` (same names, same argument order).
 
 Conventions:
 - Arrays are numba device arrays, float32 (ids, targets and sampled ids int64, the

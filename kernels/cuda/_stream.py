@@ -1,6 +1,6 @@
 """The streaming step on the GPU: T steps of N streams, the whole model, ONE kernel launch.
 
-The CUDA twin of ``kernels/cpu/_jit.py``'s ``stream_step`` (same arguments, same meaning;
+The CUDA twin of ``kernels/cpu/_stream.py``'s ``stream_step`` (same arguments, same meaning;
 see the "streaming" section there). Batch-1 token latency is the goal, and numba's Python
 launch costs 10-30 us a launch, so everything runs in one persistent cooperative kernel
 whose phases are separated by grid-wide barriers (``cuda.cg.this_grid().sync()``):
@@ -514,4 +514,41 @@ def stream_step(
     _stream_kernel[blocks, threads, stream](*args)
 
 
-__all__ = ["DEFAULT_THREADS", "STREAM_CELLS", "stream_step"]
+@cuda.jit
+def _pick_top_k(residual, res, h_out, top):
+    """top (N, H) = the top layer's output: its residual sum, or its cell's h."""
+    L = h_out.shape[0]
+    H = top.shape[1]
+    src = res if residual[L - 1] != 0 else h_out
+    for i in range(cuda.grid(1), top.shape[0] * H, cuda.gridsize(1)):
+        n = i // H
+        j = i - n * H
+        top[n, j] = src[L - 1, n, j]
+
+
+def stream_layers(
+    cell, residual, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh,
+    h_in, c_in, h_out, c_out, gx, gh, top,
+    *, threads=None, blocks=None, stream=0,
+):  # fmt: skip
+    """stream_step without the output layer (an empty decoder: the kernel's decoder and
+    softmax then have no rows); top (N, H) gets the top layer's output after the last
+    step (for an output layer of its own: the adaptive softmax)."""
+    N, H = top.shape
+    L = h_out.shape[0]
+    none = cuda.device_array((0, H), np.float32)
+    stream_step(
+        cell, residual, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, none,
+        cuda.device_array(0, np.float32), h_in, c_in, h_out, c_out, gx, gh,
+        cuda.device_array((N, 0), np.float32), cuda.device_array((N, 0), np.float32),
+        threads=threads, blocks=blocks, stream=stream,
+    )  # fmt: skip
+    res = _scratch(_device_key(), stream, "res", (L, N, H))
+    if N * H:
+        threads_ = 128
+        _pick_top_k[max(1, min(64, -(-N * H // threads_))), threads_, stream](
+            residual, res, h_out, top
+        )
+
+
+__all__ = ["DEFAULT_THREADS", "STREAM_CELLS", "stream_layers", "stream_step"]
