@@ -4,6 +4,7 @@ same wall-clock budget on this machine, validation included (PTB, or WikiText-2)
     python bench/time_to_ppl.py --minutes 10            # PTB, both outputs, 10 minutes each
     python bench/time_to_ppl.py --minutes 3 --figure bench/figures/ptb_time_to_ppl.svg
     python bench/time_to_ppl.py --corpus wikitext-2 --minutes 20 --cutoffs 2000,10000
+    python bench/time_to_ppl.py --plot-logs full.log adaptive.log --figure curves.svg
 
 Configuration: bench/train_ptb.py's (Zaremba et al.'s "small" LSTM 2 x 200, SGD lr 20
 halved every epoch from the 4th, clip 0.25, BPTT 20, batch 20, no dropout unless
@@ -59,6 +60,47 @@ class Clock(Progress):
             print(f"  {time.perf_counter() - self.t0:7.1f} s  {line}", flush=True)
 
 
+def draw(curves: dict, title: str, corpus: str, path: Path) -> None:
+    """An SVG of validation perplexity against seconds, one curve per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for name, points in curves.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=name)
+    if corpus in KN5:
+        kn = KN5[corpus]
+        ax.axhline(kn, color="0.6", lw=0.8, ls="--", label=f"KN 5-gram ({kn})")
+    ax.set(xlabel="seconds (validation included)", ylabel="validation perplexity", title=title)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="svg")
+    print(f"wrote {path}")
+
+
+def curves_of_logs(paths: list[Path]) -> tuple[dict, str]:
+    """The curves printed by earlier runs of this script (their stdout saved to files),
+    so that runs made separately share one figure; and the corpus they name."""
+    curves: dict[str, list] = {}
+    corpus, name = "", None
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if " (V=" in line and not line.startswith(" "):  # the header: the corpus
+                corpus = line.split(" (V=")[0]
+            elif line and not line.startswith(" "):  # a run's name
+                name = line.strip()
+                curves[name] = []
+            elif name is not None and " s  epoch " in line and "(perplexity " in line:
+                seconds = float(line.split(" s  epoch ")[0])
+                ppl = float(line.split("(perplexity ")[1].split(")")[0].split(",")[0])
+                curves[name].append((seconds, ppl))
+    return curves, corpus
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="the folder of the corpora")
@@ -69,7 +111,18 @@ def main(argv=None) -> int:
     ap.add_argument("--dropout", type=float, default=CONFIG.dropout)
     ap.add_argument("--outputs", default="full,adaptive", help="which runs: full, adaptive or both")
     ap.add_argument("--figure", type=Path, default=None, help="an SVG of the curves")
+    ap.add_argument(
+        "--plot-logs", type=Path, nargs="+", metavar="LOG",
+        help="draw --figure from earlier runs' saved output, train nothing",
+    )  # fmt: skip
+    ap.add_argument("--title", default=None, help="the figure's title (with --plot-logs)")
     args = ap.parse_args(argv)
+    if args.plot_logs:
+        if args.figure is None:
+            ap.error("--plot-logs draws a --figure: give its path")
+        curves, corpus = curves_of_logs(args.plot_logs)
+        draw(curves, args.title or f"{corpus}, LSTM 2x200", corpus, args.figure)
+        return 0
 
     parts = zip(("train", "valid", "test"), FILES[args.corpus], strict=True)
     texts = {s: read_text(args.data / f) for s, f in parts}
@@ -110,26 +163,8 @@ def main(argv=None) -> int:
         print(f"  {name}: test perplexity {test:.2f} (batch 1) after {spent:.0f} s", flush=True)
 
     if args.figure is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.6, 3.6))
-        for name, points in curves.items():
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=name)
-        if args.corpus in KN5:
-            kn = KN5[args.corpus]
-            ax.axhline(kn, color="0.6", lw=0.8, ls="--", label=f"KN 5-gram ({kn})")
-        title = f"{args.corpus}, LSTM 2x200, {args.minutes:g} minutes"
-        ax.set(xlabel="seconds (validation included)", ylabel="validation perplexity",
-               title=title)  # fmt: skip
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(args.figure, format="svg")
-        print(f"wrote {args.figure}")
+        draw(curves, f"{args.corpus}, LSTM 2x200, {args.minutes:g} minutes", args.corpus,
+             args.figure)  # fmt: skip
     return 0
 
 
