@@ -16,8 +16,11 @@ The contract, top (N, H) float32 on the backend, targets (N,) int64:
   target_gradient(top_rows, targets) -> (log p(targets), d log p(target) / d top) on the
       host, in float64 (attributions)
   stream_weights() -> the arrays the fused streaming kernel takes for the output, where
-      streams_fused (else streams run the layers, then log_probs)
+      streams_fused (else streams run the layers' kernel, then rows_log_probs)
   check_sums(params, x_bound, check)     the float32 overflow bound of its logits
+  reads_parts: whether a stream's reads (a token's log-probability, the top k, a draw)
+      can take parts of the distribution; the adaptive softmax's rows_log_probs(top,
+      want) then gives the head and the clusters wanted, and cluster_of(id) says which
 """
 
 from __future__ import annotations
