@@ -177,6 +177,11 @@ CELL_BACKWARD = {"rnn": rnn_backward, "gru": gru_backward, "lstm": lstm_backward
 # bias (V,) is the decoder bias, added to every row (the kernels fuse that addition).
 
 
+def dequantize_rows(q, scale):
+    """int8 rows q (R, C) with one scale per row (R,) -> the float64 weights q * scale."""
+    return np.asarray(q, np.float64) * np.asarray(scale, np.float64)[:, None]
+
+
 def log_softmax(logits, bias=0.0):
     """logits (N, V) -> (N, V) log-probabilities of softmax(logits + bias)."""
     z = logits + bias
