@@ -161,14 +161,12 @@ class Stream:
     def _advance(self, ids: np.ndarray, to_host: bool) -> None:
         # one kernel call for the whole chunk, which computes exactly what feeding its
         # tokens one by one does, but the decoder only after the last
-        model = self._model
-        if model._output.reads_parts:  # keep the top layer's output too (for draws)
-            h, c, top = streaming.layers_step(model, ids.reshape(-1, 1), self._h, self._c)
-            logprobs = model._output.rows_log_probs(top)[1]
-            logprobs = model._k.to_host(logprobs) if to_host else logprobs
+        args = (self._model, ids.reshape(-1, 1), self._h, self._c, to_host)
+        if self._model._output.reads_parts:  # keep the top layer's output too (for draws)
+            h, c, logprobs, top = streaming.step_keeping_top(*args)
         else:
+            h, c, logprobs = streaming.step(*args)
             top = None
-            h, c, logprobs = streaming.step(model, ids.reshape(-1, 1), self._h, self._c, to_host)
         # only now, after every step ran: a failed call changes nothing
         self._let_go()
         self._h, self._c = h, c
@@ -320,17 +318,15 @@ class Stream:
         if self._top is None:  # restored, or a StreamBatch's step: from the distribution
             lp = self._current().astype(np.float64)
             clusters = [np.log(np.exp(lp[a:b]).sum()) for a, b in out.clusters]
-            j = _inverse_cdf(np.concatenate([lp[:S], clusters]), rng)
-            if j < S:
-                return j
-            low, high = out.clusters[j - S]
-            return low + _inverse_cdf(lp[low:high], rng)
-        head, _ = self._parts([])
+            head = np.concatenate([lp[:S], clusters])
+        else:
+            head, _ = self._parts([])
         j = _inverse_cdf(head, rng)
         if j < S:
             return j
         low, high = out.clusters[j - S]
-        return low + _inverse_cdf(self._parts([j - S])[1][low:high], rng)
+        words = lp if self._top is None else self._parts([j - S])[1]
+        return low + _inverse_cdf(words[low:high], rng)
 
     def generate(
         self,

@@ -52,9 +52,15 @@ def _prepared(model, N: int) -> tuple:
 def _step_unfused(model, ids: np.ndarray, h, c, to_host: bool):
     """step() for an output the fused streaming kernel does not compute (the adaptive
     softmax): the layers' streaming kernel, then the output's distribution of the rows."""
+    return step_keeping_top(model, ids, h, c, to_host)[:3]
+
+
+def step_keeping_top(model, ids: np.ndarray, h, c, to_host: bool):
+    """_step_unfused, and the top layer's output (N, H) too (a stream that reads parts of
+    an adaptive softmax keeps it for its draws)."""
     h_out, c_out, top = layers_step(model, ids, h, c)
     _, logprobs = model._output.rows_log_probs(top)
-    return h_out, c_out, (model._k.to_host(logprobs) if to_host else logprobs)
+    return h_out, c_out, (model._k.to_host(logprobs) if to_host else logprobs), top
 
 
 def layers_step(model, ids: np.ndarray, h, c):
