@@ -18,7 +18,7 @@ import time
 import numpy as np
 from _common import random_params
 
-from rnnlm_engine import Model, ModelConfig
+from rnnlm_engine import Model, ModelConfig, streaming
 from rnnlm_engine.kernels.cpu import _stream
 
 # (name, V, H, blocks of 40 calls per offset)
@@ -43,7 +43,7 @@ def at_offset(a: np.ndarray, offset: int, keep: list) -> np.ndarray:
 def step_args(model: Model, offset: int, keep: list) -> tuple:
     c = model.config
     L, H, G, V = c.num_layers, c.hidden_size, c.gate_rows, c.vocab_size
-    w = {k: at_offset(v, offset, keep) for k, v in model._streaming_weights().items()}
+    w = {k: at_offset(v, offset, keep) for k, v in streaming.streaming_weights(model).items()}
     rng = np.random.default_rng(0)
 
     def new(shape, values=None):
@@ -51,9 +51,8 @@ def step_args(model: Model, offset: int, keep: list) -> tuple:
 
     state = rng.uniform(-1, 1, (L, 1, H)).astype(np.float32)
     return (
-        _stream.STREAM_CELLS["lstm"], np.zeros(L, np.uint8), np.array([[3]], np.int64), w["table"],
-        w["emb"], w["w_ih0"],
-        w["w_ih"], w["b_ih"], w["w_hh"], w["b_hh"], w["w_dec"], w["b_dec"], new(state.shape, state),
+        _stream.STREAM_CELLS["lstm"], np.zeros(L, np.uint8), np.array([[3]], np.int64),
+        *(w[name] for name in streaming._ORDER), new(state.shape, state),
         new(state.shape, state), new((L, 1, H)), new((L, 1, H)), new((1, G)), new((1, G)),
         new((1, V)), new((1, V)),
     )  # fmt: skip

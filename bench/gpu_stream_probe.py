@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     import numba
     from numba import cuda
 
-    from rnnlm_engine import Model, ModelConfig
+    from rnnlm_engine import Model, ModelConfig, streaming
 
     sim = bool(numba.config.ENABLE_CUDASIM)
     V, H, L = (50, 16, 2) if args.quick else (10000, 650, 2)
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     rows = [("Stream.feed([1]), whole", median_us(lambda: s.feed([1]), seconds))]
 
     # the pieces of Model._step, in its order
-    cell, residual, weights = model._cached("stream_args", model._build_stream_args)
-    c0, gx, gh, logits = model._build_stream_scratch(1)
+    cell, residual, weights = streaming._build_stream_args(model)
+    c0, gx, gh, logits = streaming._build_stream_scratch(model, 1)
     h = k.to_device(np.zeros((L, 1, H), np.float32))
     shape = (L, 1, H)
     out = k.empty((1, V), np.float32)

@@ -1,6 +1,7 @@
 """rnnlm-engine: an embeddable recurrent language-model engine on Numba kernels.
 
-Public names: ``Model`` (built with ``Model.from_state_dict`` or read with ``load``),
+Public names: ``Model`` (built with ``Model.from_state_dict`` or read with ``load``;
+``Model.quantize("int8")`` gives a ``QuantizedModel``),
 ``ModelConfig``, ``State``, ``Vocabulary``, ``train`` with ``TrainConfig``, and the error
 classes. Importing the package compiles nothing: kernels compile on first use and are
 cached on disk.
@@ -20,6 +21,7 @@ from .errors import (
 __version__ = "0.1.0"  # before the imports below: train.py reads it
 
 from .model import Model, State, load  # noqa: E402
+from .quantized import QuantizedModel  # noqa: E402
 from .stream import Snapshot, Stream, StreamBatch  # noqa: E402
 from .train import TrainConfig, TrainingDiverged, train  # noqa: E402
 from .vocab import Vocabulary  # noqa: E402
@@ -32,6 +34,7 @@ __all__ = [
     "ModelConfig",
     "ModelFileError",
     "ParameterError",
+    "QuantizedModel",
     "RnnlmError",
     "Snapshot",
     "State",

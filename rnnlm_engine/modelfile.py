@@ -47,13 +47,14 @@ FORMAT_NAME = "rnnlm-engine model"
 FORMAT_VERSION = (2, 0)
 # What a format-2 model may need of its reader, listed in the header's "features": a
 # reader refuses a file that needs one it does not know (a 1.x reader refuses major 2).
-FEATURES = ("residual", "adaptive")
+FEATURES = ("residual", "adaptive", "int8")
 MAGIC = b"\x89RNNLM\r\n"  # \x89 catches 7-bit transfers, \r\n catches newline translation
 
 PREAMBLE = struct.Struct("<8sQQ")  # magic, header length, data length
 DIGEST_SIZE = 32  # SHA-256 of every byte before it
 ALIGN = 64  # data section and every tensor start at a multiple of this (file offsets)
 DTYPE = "<f4"  # the only tensor dtype of format 1.x
+INT8 = "<i1"  # the matrices of an int8 model (feature "int8"), with float32 "scales"
 
 DEFAULT_MAX_BYTES = 8 << 30  # load() refuses larger files unless told otherwise
 MAX_HEADER_BYTES = 64 << 20  # msgpack header: config, vocabulary, metadata, tensor index
@@ -94,6 +95,9 @@ class ModelFile:
     ``to_dict()`` (opaque here) or None. metadata: str keys, plain msgpack values.
     training: None, or {"tensors": {name: read-only float32 array}, "values": {str: value}}.
     version: the (major, minor) format version the file was written with.
+    scales: None, or for an int8 model (feature "int8") name -> read-only float32 (rows,)
+    scales of each matrix, which ``tensors`` then holds as int8 (-127..127; biases stay
+    float32): the weights are q * scale (rnnlm_engine/quantize.py).
     """
 
     config: ModelConfig
@@ -102,6 +106,7 @@ class ModelFile:
     metadata: dict
     training: dict | None
     version: tuple[int, int]
+    scales: dict[str, np.ndarray] | None = None
 
 
 # ---------------------------------------------------------------------------- save
@@ -115,8 +120,14 @@ def save(
     vocab: dict | None = None,
     metadata: dict | None = None,
     training: dict | None = None,
+    scales: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Write a model file at path (str or os.PathLike), atomically.
+
+    scales: for an int8 model, name -> float32 (rows,) scales of every matrix (2-D
+    parameter), which ``tensors`` then gives as int8 arrays in -127..127; every scale
+    positive and finite. The file is then format 2.0 with the feature "int8", and holds no
+    training state.
 
     tensors: name -> float array with exactly the names and shapes of
     ``config.parameter_shapes()``; floating dtypes are converted to float32, and every value
@@ -151,8 +162,12 @@ def save(
             f"unexpected parameter(s) {_names(extra)}; this config has only {_names(list(shapes))}"
         )
     params = {}
+    int8 = int8_names(config) if scales is not None else []
     for name, shape in shapes.items():
-        a = _float32(tensors[name], f"parameter {name!r}")
+        if name in int8:
+            a = _int8(tensors[name], f"parameter {name!r}")
+        else:
+            a = _float32(tensors[name], f"parameter {name!r}")
         if a.shape != shape:
             raise ParameterError(
                 f"parameter {name!r} has shape {a.shape}; the config needs {shape}"
@@ -176,19 +191,25 @@ def save(
     problem = _plain_problem(metadata, "metadata")
     if problem:
         raise ModelFileError(f"cannot save {target}: {problem}")
+    scale_arrays = _prepare_scales(scales, shapes, int8)
+    if scales is not None and training is not None:
+        raise ModelFileError(f"cannot save {target}: an int8 model file holds no training state")
     train_arrays, train_values = _prepare_training(target, training, 4 * config.num_parameters())
 
-    features = _features(config)
+    features = _features(config, int8=scales is not None)
     # tensors are laid out in this order: parameters in config order, then training tensors
     entries: dict[str, dict] = {}
     train_entries: dict[str, dict] = {}
+    scale_entries: dict[str, dict] = {}
     pieces: list[tuple[int, np.ndarray]] = []
     end = 0
-    for table, arrays in ((entries, params), (train_entries, train_arrays)):
+    for table, arrays in (
+        (entries, params), (scale_entries, scale_arrays), (train_entries, train_arrays)
+    ):  # fmt: skip
         for name, a in arrays.items():
             offset = _align(end)
             table[name] = {
-                "dtype": DTYPE,
+                "dtype": INT8 if a.dtype == np.int8 else DTYPE,
                 "shape": list(a.shape),
                 "offset": offset,
                 "nbytes": a.nbytes,
@@ -201,6 +222,7 @@ def save(
         **({"features": features} if features else {}),
         "config": config.to_dict(),
         "tensors": entries,
+        **({"scales": scale_entries} if scales is not None else {}),
         "vocab": vocab,
         "metadata": metadata,
         "training": None
@@ -220,6 +242,52 @@ def save(
             f"{MAX_HEADER_BYTES}; store less metadata"
         )
     write_atomically(target, _with_digest(_file_pieces(header_bytes, pieces, end)))
+
+
+def int8_names(config: ModelConfig) -> list[str]:
+    """The parameters an int8 model stores as int8: its matrices (rnnlm_engine.quantized)."""
+    return [name for name, shape in config.parameter_shapes().items() if len(shape) == 2]
+
+
+def _int8(value, label: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.dtype != np.int8:
+        raise ParameterError(f"{label}: an int8 model's matrices are int8 arrays; got "
+                             f"{getattr(value, 'dtype', type(value).__name__)}")  # fmt: skip
+    if value.size and int(value.min()) < -127:
+        raise ParameterError(f"{label} holds -128: int8 rows are symmetric, -127..127")
+    return np.ascontiguousarray(value)
+
+
+def _prepare_scales(scales, shapes: dict, int8: list[str]) -> dict[str, np.ndarray]:
+    """The scales of save(): exactly one float32 (rows,) array per int8 matrix, each scale
+    positive and finite."""
+    if scales is None:
+        return {}
+    if not isinstance(scales, Mapping):
+        raise ParameterError(f"scales must be a dict of name -> array; got {type(scales)}")
+    if sorted(scales) != sorted(int8):
+        raise ParameterError(
+            f"scales are needed for exactly the matrices {_names(int8)}; got {_names(list(scales))}"
+        )
+    out = {}
+    for name in int8:
+        a = np.asarray(scales[name])
+        problem = scale_problem(a, shapes[name][0])
+        if problem:
+            raise ParameterError(f"the scales of {name!r}: {problem}")
+        out[name] = np.ascontiguousarray(a)
+    return out
+
+
+def scale_problem(s: np.ndarray, rows: int) -> str | None:
+    """What is wrong with an int8 matrix's scales (float32 (rows,), each positive and
+    finite), or None."""
+    if s.dtype != np.float32 or s.shape != (rows,):
+        return f"float32 of shape ({rows},) needed; got {s.dtype} {s.shape}"
+    bad = np.flatnonzero(~(np.isfinite(s) & (s > 0)))
+    if bad.size:
+        return f"scale {s[bad[0]]} at row {bad[0]}; every scale is positive and finite"
+    return None
 
 
 def _float32(value, label: str) -> np.ndarray:
@@ -343,9 +411,11 @@ def read_info(
 ) -> dict:
     """A summary of a model file for ``rnnlm info``, after validating all of it.
 
-    Keys: path, file_size, format, version (major, minor), config (dict), parameters
-    (count), vocab ({"kind", "size"} or None; size is None if the vocabulary holds no token
-    list), metadata, training (True when the file holds training state).
+    Keys: path, file_size, format, version (major, minor), features, config (dict),
+    parameters (count), storage ("float32" or "int8"), weight_bytes (the parameters'
+    bytes as stored, scales included), vocab ({"kind", "size"} or None; size is None if
+    the vocabulary holds no token list), metadata, training (True when the file holds
+    training state).
     Raises ModelFileError as ``load`` does (and takes its limits).
     """
     f, size = _load(path, max_bytes, max_header_bytes)
@@ -361,9 +431,12 @@ def read_info(
         "file_size": size,
         "format": FORMAT_NAME,
         "version": f.version,
-        "features": _features(f.config),
+        "features": _features(f.config, int8=f.scales is not None),
         "config": f.config.to_dict(),
         "parameters": f.config.num_parameters(),
+        "storage": "int8" if f.scales is not None else "float32",
+        "weight_bytes": sum(a.nbytes for a in f.tensors.values())
+        + sum(a.nbytes for a in (f.scales or {}).values()),
         "vocab": vocab,
         "metadata": f.metadata,
         "training": f.training is not None,
@@ -515,19 +588,19 @@ def _parse(shown: str, blob: bytes, header, data_start: int, data_len: int) -> M
             raise _error(shown, f"corrupt header: no {key!r}")
 
     config = _config(shown, header["config"])
-    _check_features(shown, header, version, config)
-    param_bytes = 4 * config.num_parameters()
+    int8 = int8_names(config) if _check_features(shown, header, version, config) else []
+    shapes = config.parameter_shapes()
+    param_bytes = sum((1 if n in int8 else 4) * math.prod(shape) for n, shape in shapes.items())
     if param_bytes > data_len:
         raise _error(
             shown,
-            f"corrupt: the config declares {param_bytes // 4} parameters ({param_bytes} bytes) "
-            f"but the data section holds {data_len} bytes",
+            f"corrupt: the config declares {config.num_parameters()} parameters "
+            f"({param_bytes} bytes) but the data section holds {data_len} bytes",
         )
 
     entries = header["tensors"]
     if not isinstance(entries, dict):
         raise _error(shown, "corrupt header: 'tensors' is not a map")
-    shapes = config.parameter_shapes()
     missing = [name for name in shapes if name not in entries]
     if missing:
         raise _error(shown, f"missing tensor(s) {_names(missing)} that the config needs")
@@ -536,7 +609,9 @@ def _parse(shown: str, blob: bytes, header, data_start: int, data_len: int) -> M
         raise _error(shown, f"unexpected tensor(s) {_names(extra)} that the config does not have")
     spans = {}
     for name, shape in shapes.items():
-        spans[name] = _entry(shown, f"tensor {name!r}", entries[name], data_len, shape)
+        dtype = INT8 if name in int8 else DTYPE
+        spans[name] = _entry(shown, f"tensor {name!r}", entries[name], data_len, shape, dtype)
+    scale_spans = _scale_spans(shown, header, int8, shapes, data_len)
 
     vocab = header.get("vocab")
     if vocab is not None:
@@ -553,6 +628,8 @@ def _parse(shown: str, blob: bytes, header, data_start: int, data_len: int) -> M
     training = header.get("training")
     train_spans: dict[str, tuple[int, int, tuple]] = {}
     values = None
+    if training is not None and int8:
+        raise _error(shown, "corrupt header: an int8 model file holds no training state")
     if training is not None:
         if not isinstance(training, dict):
             raise _error(shown, "corrupt header: 'training' is not a map")
@@ -575,26 +652,41 @@ def _parse(shown: str, blob: bytes, header, data_start: int, data_len: int) -> M
                 f"{limit} ({TRAINING_FACTOR} x the parameter bytes + {TRAINING_SLACK_BYTES})",
             )
 
-    _check_layout(shown, blob, data_start, data_len, spans, train_spans)
+    _check_layout(shown, blob, data_start, data_len, spans, train_spans, scale_spans)
     tensors = {}
     for name, span in spans.items():
         tensors[name] = _array(shown, blob, data_start, f"tensor {name!r}", span)
+    scales = None
+    if int8:
+        scales = {}
+        for name, span in scale_spans.items():
+            label = f"the scales of {name!r}"
+            scales[name] = a = _array(shown, blob, data_start, label, span)
+            problem = scale_problem(a, span[2][0])
+            if problem:
+                raise _error(shown, f"{label}: {problem}")
     if training is not None:
         arrays = {}
         for name, span in train_spans.items():
             arrays[name] = _array(shown, blob, data_start, f"training tensor {name!r}", span)
         training = {"tensors": arrays, "values": values}
-    return ModelFile(config, tensors, vocab, metadata, training, version)
+    return ModelFile(config, tensors, vocab, metadata, training, version, scales)
 
 
-def _features(config: ModelConfig) -> list[str]:
-    """The features of FEATURES that a model of this config needs of a reader."""
-    return (["residual"] if config.residual else []) + (["adaptive"] if config.adaptive else [])
+def _features(config: ModelConfig, int8: bool = False) -> list[str]:
+    """The features of FEATURES that a model of this config (int8: with int8 matrices)
+    needs of a reader."""
+    return (
+        (["residual"] if config.residual else [])
+        + (["adaptive"] if config.adaptive else [])
+        + (["int8"] if int8 else [])
+    )
 
 
-def _check_features(shown: str, header: dict, version: tuple[int, int], config) -> None:
-    """A 2.x file lists exactly the features its config needs, all known here; a 1.x file
-    needs none (a 1.0 reader would compute another model)."""
+def _check_features(shown: str, header: dict, version: tuple[int, int], config) -> bool:
+    """A 2.x file lists exactly the features its config needs, all known here, and
+    "int8" for int8 matrices; a 1.x file needs none (a 1.0 reader would compute another
+    model). Returns whether the file holds int8 matrices."""
     needed = _features(config)
     if version[0] == 1:
         if needed:
@@ -603,7 +695,7 @@ def _check_features(shown: str, header: dict, version: tuple[int, int], config) 
                 f"corrupt header: a format 1.x file cannot hold a model that needs "
                 f"{', '.join(needed)} (format 2 lists it in 'features')",
             )
-        return
+        return False
     listed = header.get("features")
     if not (
         isinstance(listed, list)
@@ -620,12 +712,36 @@ def _check_features(shown: str, header: dict, version: tuple[int, int], config) 
             f"the model needs {_names(unknown)}, which this rnnlm-engine does not know "
             f"(it knows {', '.join(FEATURES)}): upgrade rnnlm-engine",
         )
-    if sorted(set(listed)) != sorted(needed):
+    int8 = "int8" in listed
+    if sorted(set(listed) - {"int8"}) != sorted(needed) or not (needed or int8):
         raise _error(
             shown,
             f"corrupt header: 'features' lists {_names(listed)} but the config needs "
             f"{_names(needed) if needed else 'none'}",
         )
+    return int8
+
+
+def _scale_spans(shown: str, header: dict, int8: list[str], shapes: dict, data_len: int) -> dict:
+    """The index entries of an int8 file's "scales" (exactly one float32 (rows,) tensor
+    per int8 matrix); {} for a float32 file, which has no "scales"."""
+    raw = header.get("scales")
+    if not int8:
+        if raw is not None:
+            raise _error(shown, "corrupt header: 'scales' in a file without the feature int8")
+        return {}
+    if not isinstance(raw, dict):
+        raise _error(shown, f"corrupt header: 'scales' is {_repr.repr(raw)}, not a map")
+    if sorted(raw, key=repr) != sorted(int8, key=repr):
+        raise _error(
+            shown,
+            f"corrupt header: 'scales' lists {_names(list(raw))}; an int8 model has scales "
+            f"for exactly its matrices {_names(int8)}",
+        )
+    return {
+        name: _entry(shown, f"the scales of {name!r}", raw[name], data_len, (shapes[name][0],))
+        for name in int8
+    }
 
 
 def _version(shown: str, header: dict) -> tuple[int, int]:
@@ -692,16 +808,17 @@ def _config(shown: str, raw) -> ModelConfig:
     return config
 
 
-def _entry(shown: str, label: str, entry, data_len: int, expected: tuple | None):
-    """(offset, nbytes, shape) of a tensor's index entry, checked against the data length."""
+def _entry(shown: str, label: str, entry, data_len: int, expected: tuple | None, want=DTYPE):
+    """(offset, nbytes, shape, dtype) of a tensor's index entry, checked against the data
+    length; want: the dtype it must have (DTYPE, or INT8 for an int8 model's matrices)."""
     if not isinstance(entry, dict):
         raise _error(shown, f"{label}: its entry is not a map")
     dtype = entry.get("dtype")
-    if dtype != DTYPE:
+    if dtype != want:
         raise _error(
             shown,
-            f"{label}: dtype {_repr.repr(dtype)}; format 1.x stores only little-endian "
-            f"float32 ({DTYPE!r})",
+            f"{label}: dtype {_repr.repr(dtype)}; expected {want!r}"
+            + (" (little-endian float32)" if want == DTYPE else " (int8)"),
         )
     shape = entry.get("shape")
     if not (
@@ -725,10 +842,12 @@ def _entry(shown: str, label: str, entry, data_len: int, expected: tuple | None)
     for key, value in (("offset", offset), ("nbytes", nbytes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise _error(shown, f"{label}: {key} {_repr.repr(value)} is not a non-negative integer")
-    size = 4 * math.prod(shape)  # Python ints: no overflow, however absurd the shape
+    itemsize = np.dtype(want).itemsize
+    size = itemsize * math.prod(shape)  # Python ints: no overflow, however absurd the shape
     if nbytes != size:
         raise _error(
-            shown, f"{label}: nbytes {nbytes} does not equal 4 x prod(shape {list(shape)})"
+            shown,
+            f"{label}: nbytes {nbytes} does not equal {itemsize} x prod(shape {list(shape)})",
         )
     if offset + nbytes > data_len:
         raise _error(
@@ -736,13 +855,14 @@ def _entry(shown: str, label: str, entry, data_len: int, expected: tuple | None)
             f"{label}: bytes {offset}..{offset + nbytes} lie past the end of the data section "
             f"({data_len} bytes)",
         )
-    return offset, nbytes, shape
+    return offset, nbytes, shape, want
 
 
-def _check_layout(shown, blob, data_start, data_len, spans, train_spans) -> None:
+def _check_layout(shown, blob, data_start, data_len, spans, train_spans, scale_spans) -> None:
     """Tensors tile the data section in offset order: each at the next multiple of ALIGN
     after the previous one's end, zero padding between, nothing after the last."""
     labelled = [(s[0], s[1], f"tensor {n!r}") for n, s in spans.items()]
+    labelled += [(s[0], s[1], f"the scales of {n!r}") for n, s in scale_spans.items()]
     labelled += [(s[0], s[1], f"training tensor {n!r}") for n, s in train_spans.items()]
     end = 0
     for offset, nbytes, label in sorted(labelled):
@@ -764,7 +884,16 @@ def _check_layout(shown, blob, data_start, data_len, spans, train_spans) -> None
 
 
 def _array(shown, blob: bytes, data_start: int, label: str, span) -> np.ndarray:
-    offset, nbytes, shape = span
+    offset, nbytes, shape, dtype = span
+    if dtype == INT8:
+        a = np.frombuffer(blob, np.int8, nbytes, data_start + offset).reshape(shape)
+        a.flags.writeable = False
+        if a.size and int(a.min()) < -127:
+            where = tuple(int(i) for i in np.unravel_index(int(np.argmin(a)), shape))
+            raise _error(
+                shown, f"{label} holds -128 at index {where}; int8 rows are symmetric, -127..127"
+            )
+        return a
     if nbytes == 0:
         a = np.zeros(shape, np.float32)
     else:

@@ -112,8 +112,12 @@ class FullSoftmax:
         return _softmax_gradient(np.asarray(top_rows, np.float64) @ w.T + bias, targets, w)
 
     def stream_weights(self) -> dict:
-        p = self._m._params
-        return {"w_dec": p[self.weight_name], "b_dec": p["decoder.bias"]}
+        m = self._m
+        return {
+            "w_dec": m._params[self.weight_name],
+            "s_dec": m._scale(self.weight_name),
+            "b_dec": m._params["decoder.bias"],
+        }
 
     def check_sums(self, params: dict, x_bound: float, check) -> None:
         w = np.abs(params[self.weight_name].astype(np.float64)).sum(axis=1)
@@ -337,17 +341,18 @@ class AdaptiveSoftmax:
         m = self._m
 
         def build():
-            k, p = m._k, m._params
+            # float32 weights (an int8 model's dequantized: model._dequantized)
+            k, weight = m._k, m._dequantized
 
             def transposed(name):
-                host = np.ascontiguousarray(k.to_host(p[name]).T)
+                host = np.ascontiguousarray(k.to_host(weight(name)).T)
                 return k.freeze(k.to_device_aligned(host))
 
             n = len(self.clusters)
             return (
                 transposed("decoder.head.weight"),
                 self._head_bias(),
-                tuple(p[f"decoder.tail.{i}.0.weight"] for i in range(n)),
+                tuple(weight(f"decoder.tail.{i}.0.weight") for i in range(n)),
                 tuple(transposed(f"decoder.tail.{i}.1.weight") for i in range(n)),
             )
 

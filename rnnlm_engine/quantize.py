@@ -1,8 +1,10 @@
 """int8 weights with one float32 scale per row (issue 13's storage, its first step).
 
 Symmetric and round to nearest: a row w becomes q = rint(w / s) in [-127, 127] with
-s = max |w| / 127, and stands for q * s. A row of zeros gets s = 1 (q = 0 is exact), so
-that every scale is positive and finite: a model file can refuse any other as damaged.
+s = max |w| / 127, and stands for q * s. A row of zeros gets s = 1 (q = 0 is exact), and
+a row too small for that s (below 127 x the smallest float32 subnormal) the smallest
+subnormal, so that every scale is positive and finite: a model file can refuse any other
+as damaged.
 The quantized model's math is the float32 model's with these dequantized weights
 (oracle.dequantize_rows is the reference).
 """
@@ -26,6 +28,9 @@ def quantize_rows(w: np.ndarray, name: str = "weight") -> tuple[np.ndarray, np.n
     w64 = w.astype(np.float64)
     peak = np.abs(w64).max(axis=1, initial=0.0)
     scale = np.where(peak > 0, peak / QMAX, 1.0).astype(np.float32)
+    # a row of subnormals whose scale would round to 0 takes the smallest subnormal: its
+    # weights are then exact multiples of the scale (|q| < 127 there)
+    scale = np.maximum(scale, np.finfo(np.float32).smallest_subnormal)
     # divide by the float32 scale that is stored, so that q * scale is what rounds
     q = np.rint(w64 / scale.astype(np.float64)[:, None])
     return np.clip(q, -QMAX, QMAX).astype(np.int8), scale

@@ -452,7 +452,9 @@ class StreamBatch:
     against 9,500 tokens/s); the results then equal a lone Stream's to float32 rounding
     (the products sum in another order), not bit for bit.
 
-    blas_from defaults to 32 on the cpu backend. On cuda every step is the streaming
+    blas_from defaults to 32 on the cpu backend, except for an int8 model, whose every
+    step is its int8 streaming kernel (its batched forward runs a float32 copy of the
+    weights: see rnnlm_engine.quantized). On cuda every step is the streaming
     kernel, which runs any number of streams in one launch (each weight row read once for
     up to 4 streams at a time), where the batched forward would launch several kernels per
     layer.
@@ -461,7 +463,8 @@ class StreamBatch:
     def __init__(self, model, blas_from: int | None = None):
         self._model = model
         if blas_from is None:
-            blas_from = 32 if model.backend == "cpu" else 1 << 62
+            batched = model.backend == "cpu" and model.weight_storage == "float32"
+            blas_from = 32 if batched else 1 << 62
         self.blas_from = blas_from
 
     def stream(self) -> Stream:

@@ -72,19 +72,25 @@ def layers_step(model, ids: np.ndarray, h, c):
     c_out = k.empty(c0.shape, np.float32)
     top = k.empty((ids.shape[1], c0.shape[2]), np.float32)
     k.stream_layers(
-        cell, residual, k.to_device(ids), *weights[:7], h, (c0 if c is None else c), h_out,
-        c_out, gx, gh, top,
+        cell, residual, k.to_device(ids), *weights[:_LAYER_WEIGHTS], h,
+        (c0 if c is None else c), h_out, c_out, gx, gh, top,
     )  # fmt: skip
     return h_out, (c_out if c is not None else None), top
 
 
+# the streaming kernels' weight arguments in order: the layers', then the decoder's
+_ORDER = ("table", "emb", "s_emb", "w_ih0", "s_ih0", "w_ih", "s_ih", "b_ih", "w_hh", "s_hh",
+          "b_hh", "w_dec", "s_dec", "b_dec")  # fmt: skip
+_LAYER_WEIGHTS = 11
+
+
 def _build_stream_args(model) -> tuple:
     """(cell id, residual flags (L,) uint8 on the backend, the weights in the streaming
-    kernel's argument order: the layers' seven, then the decoder's two where the kernel
-    computes the output)."""
+    kernel's argument order (_ORDER): the layers' eleven, then the decoder's three where
+    the kernel computes the output)."""
     k, c = model._k, model.config
     w = streaming_weights(model)
-    order = ("table", "emb", "w_ih0", "w_ih", "b_ih", "w_hh", "b_hh", "w_dec", "b_dec")
+    order = _ORDER
     residual = k.to_device(np.array(c.residual_layers, np.uint8))
     return k.STREAM_CELLS[c.cell], residual, tuple(w[name] for name in order if name in w)
 
@@ -104,20 +110,31 @@ def streaming_weights(model) -> dict:
 
 
 def _build_streaming_weights(model) -> dict:
+    """The layers' matrices stacked, with their scales (model._scale: (rows,) for an int8
+    matrix, (0,) for a float32 one), and the output's where the kernel computes it."""
     k, p, c = model._k, model._params, model.config
     L, G, H = c.num_layers, c.gate_rows, c.hidden_size
     table = model._layer0_table()
+    w_ih_names = [f"rnn.weight_ih_l{layer}" for layer in range(1, L)]
+    w_hh_names = [f"rnn.weight_hh_l{layer}" for layer in range(L)]
+    dtype = p["rnn.weight_hh_l0"].dtype
     if L > 1:
-        w_ih = k.stack([p[f"rnn.weight_ih_l{layer}"] for layer in range(1, L)])
+        w_ih = k.stack([p[name] for name in w_ih_names])
+        s_ih = k.stack([model._scale(name) for name in w_ih_names])
     else:
-        w_ih = k.empty((0, G, H), np.float32)
+        w_ih = k.empty((0, G, H), dtype)
+        s_ih = k.empty((0, G), np.float32)
     built = {
         "table": table if table is not None else k.empty((0, G), np.float32),
         "emb": p["encoder.weight"],
+        "s_emb": model._scale("encoder.weight"),
         "w_ih0": p["rnn.weight_ih_l0"],
+        "s_ih0": model._scale("rnn.weight_ih_l0"),
         "w_ih": w_ih,
+        "s_ih": s_ih,
         "b_ih": k.stack([p[f"rnn.bias_ih_l{i}"] for i in range(L)]),
-        "w_hh": k.stack([p[f"rnn.weight_hh_l{i}"] for i in range(L)]),
+        "w_hh": k.stack([p[name] for name in w_hh_names]),
+        "s_hh": k.stack([model._scale(name) for name in w_hh_names]),
         "b_hh": k.stack([p[f"rnn.bias_hh_l{i}"] for i in range(L)]),
     }
     if model._output.streams_fused:

@@ -94,6 +94,25 @@ def make_model(rng, cell, L, H, E, V, scale):
     return w
 
 
+def quantized(w):
+    """(w with every matrix as int8 rows and its scales beside it, as the streaming
+    kernels take an int8 model's weights; the float32 weights they stand for)."""
+    from rnnlm_engine.quantize import dequantize_rows, quantize_rows
+
+    q, deq = dict(w), dict(w)
+    for name, scale in (("emb", "s_emb"), ("w_ih0", "s_ih0"), ("w_dec", "s_dec")):
+        q[name], q[scale] = quantize_rows(w[name])
+        deq[name] = dequantize_rows(q[name], q[scale])
+    for name, scale in (("w_ih", "s_ih"), ("w_hh", "s_hh")):
+        rows = [quantize_rows(m) for m in w[name]]
+        G = w[name].shape[1]
+        q[name] = np.stack([r[0] for r in rows]) if rows else np.zeros((0, G, 0), np.int8)
+        q[name] = q[name].reshape(w[name].shape)
+        q[scale] = np.stack([r[1] for r in rows]) if rows else np.zeros((0, G), np.float32)
+        deq[name] = np.stack([dequantize_rows(*r) for r in rows]) if rows else w[name]
+    return q, deq
+
+
 def layer0_table(w):
     """(V, G) = emb @ w_ih0^T + b_ih0, as model._layer0_table builds it."""
     t = w["emb"].astype(np.float64) @ w["w_ih0"].T.astype(np.float64) + w["b_ih"][0]
@@ -137,22 +156,27 @@ def stream_args(cell, ids, w, table, h_in, c_in, residual=False):
     L, _, H = h_in.shape
     V, E = w["emb"].shape
     G = GATES[cell] * H
+    # float32 matrices: their scales are not read (a last dimension of 0); int8 ones have
+    # them in w (see quantized)
+    no_scale = np.zeros(0, np.float32)
     return [
         ks.STREAM_CELLS[cell], residual_flags(residual, L, H, E), ids, table, w["emb"],
-        w["w_ih0"], w["w_ih"], w["b_ih"], w["w_hh"], w["b_hh"], w["w_dec"], w["b_dec"],
-        h_in, c_in,
+        w.get("s_emb", no_scale), w["w_ih0"], w.get("s_ih0", no_scale), w["w_ih"],
+        w.get("s_ih", np.zeros((L - 1, 0), np.float32)), w["b_ih"], w["w_hh"],
+        w.get("s_hh", np.zeros((L, 0), np.float32)), w["b_hh"], w["w_dec"],
+        w.get("s_dec", no_scale), w["b_dec"], h_in, c_in,
         poisoned((L, N, H)), poisoned((L, N, H)),
         poisoned((N, G)), poisoned((N, G)), poisoned((N, V)), poisoned((N, V)),
     ]  # fmt: skip
 
 
-H_OUT, C_OUT, OUT = 14, 15, 19
+H_OUT, C_OUT, OUT = 19, 20, 24
 
 
 def run_cuda(args, threads, blocks):
     dev = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args]
     ks.stream_step(*dev, threads=threads, blocks=blocks)
-    for i in range(1, 14):  # inputs: unchanged
+    for i in range(1, H_OUT):  # inputs: unchanged
         np.testing.assert_array_equal(dev[i].copy_to_host(), args[i])
     return [dev[i].copy_to_host() for i in (H_OUT, C_OUT, OUT)]
 
@@ -168,15 +192,21 @@ def err(got, want):
     return oracle.normwise_error(got, want, FLOOR)
 
 
-def check_step(cell, L, use_table, N, T, H, E, V, scale, seed, launch, residual=False):
+def check_step(
+    cell, L, use_table, N, T, H, E, V, scale, seed, launch, residual=False, int8=False
+):  # fmt: skip
     rng = np.random.default_rng(seed)
     w = make_model(rng, cell, L, H, E, V, scale)
     G = GATES[cell] * H
     table = layer0_table(w) if use_table else np.empty((0, G), np.float32)
+    if int8:  # the kernels on int8 weights; the oracle on the weights they stand for
+        w_kernel, w = quantized(w)
+    else:
+        w_kernel = w
     ids = rng.integers(0, V, (T, N)).astype(np.int64)
     h_in = rng.uniform(-1, 1, (L, N, H)).astype(np.float32)
     c_in = (rng.standard_normal((L, N, H)) * (1.0 if cell == "lstm" else 0.0)).astype(np.float32)
-    args = stream_args(cell, ids, w, table, h_in, c_in, residual)
+    args = stream_args(cell, ids, w_kernel, table, h_in, c_in, residual)
     threads, blocks = launch
     h_gpu, c_gpu, out_gpu = run_cuda(args, threads, blocks)
     h_cpu, c_cpu, out_cpu = run_cpu(args)
@@ -237,6 +267,27 @@ def test_stream_step_with_residual_layers_matches_oracle_and_cpu(
 ):
     E = H if emb_is_hidden else H + 1
     check_step(cell, L, use_table, N, T, H, E, V, 1.0, seed, (32, None), residual=True)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@settings(max_examples=max(1, EXAMPLES // 2))
+@given(
+    L=st.integers(1, 2),
+    N=st.sampled_from([1, 2, 5]),
+    T=st.integers(1, 2),
+    H=st.integers(1, 7),
+    E=st.integers(1, 7),
+    V=st.sampled_from([2, 7, 20]),
+    residual=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+    launch=LAUNCH,
+)
+@example(L=2, N=5, T=2, H=3, E=3, V=20, residual=True, seed=0, launch=(64, None))
+def test_int8_stream_step_matches_oracle_and_cpu(cell, L, N, T, H, E, V, residual, seed, launch):
+    """An int8 model's weights (int8 rows and their scales; no input table): the CUDA
+    kernel dequantizes each weight as it loads it, the CPU kernel scales each row's sum;
+    both against the oracle of the dequantized weights."""
+    check_step(cell, L, False, N, T, H, E, V, 1.0, seed, launch, residual=residual, int8=True)
 
 
 @pytest.fixture

@@ -618,7 +618,7 @@ DEFECTS = {
         "unexpected tensor(s) 'decoder.weight'",
     ),
     "entry a list": (header_edit((TENSOR, [1, 2])), "its entry is not a map"),
-    "dtype float64": (header_edit((TENSOR + ("dtype",), "<f8")), "dtype '<f8'; format 1.x"),
+    "dtype float64": (header_edit((TENSOR + ("dtype",), "<f8")), "dtype '<f8'; expected '<f4'"),
     "dtype big-endian": (header_edit((TENSOR + ("dtype",), ">f4")), "dtype '>f4'"),
     "dtype missing": (header_edit((TENSOR + ("dtype",), DELETE)), "dtype None"),
     "shape a string": (header_edit((TENSOR + ("shape",), "12x4")), "shape '12x4' is not a list"),
@@ -768,9 +768,17 @@ def only_model_file_errors(path: Path, blob: bytes) -> None:
     except ModelFileError as e:
         assert str(path) in str(e)
         return
-    for a in f.tensors.values():  # a file that loads is fully valid
-        assert a.dtype == np.float32 and not a.flags.writeable
-        assert np.isfinite(a).all()
+    scales = f.scales or {}
+    for name, a in f.tensors.items():  # a file that loads is fully valid
+        assert not a.flags.writeable
+        if name in scales:  # an int8 model's matrix: int8 rows, a positive scale each
+            assert a.dtype == np.int8 and (a.size == 0 or a.min() >= -127)
+            s = scales[name]
+            assert s.dtype == np.float32 and s.shape == (a.shape[0],)
+            assert np.isfinite(s).all() and (s > 0).all()
+        else:
+            assert a.dtype == np.float32
+            assert np.isfinite(a).all()
     assert list(f.tensors) == list(f.config.parameter_shapes())
 
 
@@ -818,6 +826,12 @@ def test_fuzz_bit_flips_fail_the_checksum(tmp_path, base, flips):
 @FUZZ
 @given(flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 7)), min_size=1, max_size=4))
 def test_fuzz_bit_flips_with_recomputed_checksum(tmp_path, base, flips):
+    flip_and_load(tmp_path, base, flips)
+
+
+def flip_and_load(tmp_path, base: bytes, flips) -> None:
+    """Bits flipped anywhere before the digest, the digest recomputed: a ModelFileError
+    or a valid load."""
     blob = bytearray(base)
     for position, bit in flips:
         blob[position % (len(blob) - 32)] ^= 1 << bit
@@ -861,6 +875,127 @@ def adaptive_base(tmp_path_factory) -> bytes:
     config = ModelConfig("gru", 9, 3, 8, 1, cutoffs=(3, 6), div_value=2.0, head_bias=True)
     save(path, config=config, tensors=random_tensors(config))
     return path.read_bytes()
+
+
+def int8_file(path, config: ModelConfig, seed: int = 0) -> None:
+    """An int8 model file (feature "int8": int8 matrices, float32 scales and biases)."""
+    from rnnlm_engine.quantize import quantize_rows
+
+    tensors, scales = {}, {}
+    for name, a in random_tensors(config, seed).items():
+        if a.ndim == 2:
+            small = np.clip(a, -1e3, 1e3)  # quantize_rows refuses nothing finite; keep it tame
+            tensors[name], scales[name] = quantize_rows(small, name)
+        else:
+            tensors[name] = a
+    save(path, config=config, tensors=tensors, scales=scales, vocab={"kind": "x"})
+
+
+@pytest.fixture(scope="module")
+def int8_base(tmp_path_factory) -> bytes:
+    """A valid int8 model file of an adaptive model (features ['adaptive', 'int8'])."""
+    path = tmp_path_factory.mktemp("int8") / "q.rnnlm"
+    int8_file(path, ModelConfig("lstm", 9, 3, 4, 2, cutoffs=(3, 6), div_value=2.0))
+    return path.read_bytes()
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_int8_header_mutations(tmp_path, int8_base, data):
+    mutate_and_load(tmp_path, int8_base, data)
+
+
+@FUZZ
+@given(flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 7)), min_size=1, max_size=4))
+def test_fuzz_int8_bit_flips_with_recomputed_checksum(tmp_path, int8_base, flips):
+    flip_and_load(tmp_path, int8_base, flips)
+
+
+def test_an_int8_file_is_format_2_with_its_feature(tmp_path, int8_base):
+    """A 1.x reader refuses it (major 2), and this reader reads int8 rows and scales."""
+    header, _ = split(int8_base)
+    assert header["version"] == [2, 0] and header["features"] == ["adaptive", "int8"]
+    assert header["tensors"]["decoder.head.weight"]["dtype"] == "<i1"
+    assert header["tensors"]["rnn.bias_ih_l0"]["dtype"] == "<f4"
+    assert set(header["scales"]) == {n for n, e in header["tensors"].items() if e["dtype"] == "<i1"}
+    f = load(write(tmp_path, int8_base))
+    assert f.scales is not None and f.tensors["encoder.weight"].dtype == np.int8
+    info = read_info(write(tmp_path, int8_base))
+    assert info["storage"] == "int8" and "int8" in info["features"]
+    assert info["weight_bytes"] == sum(a.nbytes for a in f.tensors.values()) + sum(
+        a.nbytes for a in f.scales.values()
+    )
+
+
+def scale_bytes(blob: bytes, name: str) -> tuple[int, int]:
+    """(file offset, row count) of a tensor's scales in an int8 file."""
+    header, _ = split(blob)
+    _, h, _ = struct.unpack_from("<8sQQ", blob)
+    entry = header["scales"][name]
+    return align(24 + h) + entry["offset"], entry["shape"][0]
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [(0.0, "scale 0.0 at row 1"), (-0.5, "scale -0.5 at row 1"), (np.nan, "holds nan"),
+     (np.inf, "holds inf")],
+)  # fmt: skip
+def test_a_damaged_scale_is_refused(tmp_path, int8_base, value, message):
+    offset, _ = scale_bytes(int8_base, "rnn.weight_hh_l1")
+    blob = bytearray(int8_base)
+    blob[offset + 4 : offset + 8] = np.float32(value).tobytes()
+    path = write(tmp_path, rechecksum(bytes(blob)))
+    expect_error(path, "the scales of 'rnn.weight_hh_l1'", message)
+
+
+def test_damaged_int8_headers_are_refused(tmp_path, int8_base):
+    header, section = split(int8_base)
+
+    def refused(edit, *fragments):
+        h = copy.deepcopy(header)
+        edit(h)
+        expect_error(write(tmp_path, assemble(pack(h), section)), *fragments)
+
+    name = "rnn.weight_hh_l0"
+    refused(lambda h: h["scales"][name].update(shape=[3]), "the scales of", "does not match")
+    refused(lambda h: h["scales"][name].update(dtype="<f8"), "the scales of", "expected '<f4'")
+    refused(lambda h: h["tensors"][name].update(dtype="<f4"), f"tensor {name!r}", "expected '<i1'")
+    refused(lambda h: h["scales"].pop(name), "'scales' lists", "exactly its matrices")
+    refused(lambda h: h.pop("scales"), "'scales' is None, not a map")
+    refused(lambda h: h.update(features=["adaptive"]), "corrupt")  # read as float32
+    refused(lambda h: h.update(training={"tensors": {}, "values": {}}), "holds no training state")
+    refused(lambda h: h.update(version=[1, 0]), "format 1.x file cannot hold")
+
+
+def test_an_int8_value_of_minus_128_is_refused(tmp_path, int8_base):
+    header, _ = split(int8_base)
+    _, h, _ = struct.unpack_from("<8sQQ", int8_base)
+    offset = align(24 + h) + header["tensors"]["rnn.weight_ih_l1"]["offset"]
+    blob = bytearray(int8_base)
+    blob[offset + 5] = 0x80  # (16, 4) rows: element (1, 1)
+    expect_error(write(tmp_path, rechecksum(bytes(blob))), "holds -128 at index (1, 1)")
+
+
+def test_save_refuses_bad_int8_tensors(tmp_path):
+    from rnnlm_engine.quantize import quantize_rows
+
+    config = ModelConfig("rnn", 5, 3, 3, 1)
+    t = random_tensors(config)
+    tensors, scales = dict(t), {}
+    for name in ("encoder.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0", "decoder.weight"):
+        tensors[name], scales[name] = quantize_rows(np.clip(t[name], -1, 1))
+    save(tmp_path / "ok", config=config, tensors=tensors, scales=scales)
+    bad = dict(scales, **{"decoder.weight": np.zeros(5, np.float32)})
+    with pytest.raises(ParameterError, match="positive and finite"):
+        save(tmp_path / "x", config=config, tensors=tensors, scales=bad)
+    with pytest.raises(ParameterError, match="exactly the matrices"):
+        save(tmp_path / "x", config=config, tensors=tensors, scales={})
+    with pytest.raises(ParameterError, match="int8 arrays"):
+        save(tmp_path / "x", config=config, tensors=t, scales=scales)
+    with pytest.raises(ModelFileError, match="no training state"):
+        save(tmp_path / "x", config=config, tensors=tensors, scales=scales,
+             training={"tensors": {}, "values": {}})  # fmt: skip
+    assert not (tmp_path / "x").exists()
 
 
 @FUZZ
@@ -1366,6 +1501,8 @@ def test_read_info(tmp_path, base):
         "features": [],
         "config": BASE_CONFIG.to_dict(),
         "parameters": BASE_CONFIG.num_parameters(),
+        "storage": "float32",
+        "weight_bytes": 4 * BASE_CONFIG.num_parameters(),
         "vocab": {"kind": "char", "size": 6},
         "metadata": base_kwargs()["metadata"],
         "training": True,

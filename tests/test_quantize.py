@@ -69,3 +69,13 @@ def test_dequantize_rows_is_the_oracles_to_the_bit(w):
 def test_what_cannot_be_quantized_is_one_clear_error(w, message):
     with pytest.raises(ParameterError, match=message):
         quantize_rows(w, "rnn.weight_hh_l0")
+
+
+def test_a_row_of_subnormals_gets_a_positive_scale():
+    """max |w| / 127 would round to 0: the scale is the smallest subnormal, and the row's
+    weights (multiples of it) come back exactly."""
+    tiny = np.finfo(np.float32).smallest_subnormal
+    w = np.array([[3 * tiny, -tiny, 0.0], [1.0, 0.5, -2.0]], np.float32)
+    q, scale = quantize_rows(w)
+    assert scale[0] == tiny and scale[1] == np.float32(2.0 / 127)
+    np.testing.assert_array_equal(dequantize_rows(q, scale)[0], w[0])

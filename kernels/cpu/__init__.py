@@ -70,12 +70,14 @@ def to_device(array):
 
 def to_device_aligned(array):
     """to_device for arrays the kernels read on every step (the parameters): a float32
-    array comes back 64-byte aligned, a copy where it was not."""
-    a = np.ascontiguousarray(array, dtype=np.float32)
+    (or int8: an int8 model's weights) array comes back 64-byte aligned, a copy where it
+    was not; other dtypes become float32."""
+    dtype = np.int8 if np.asarray(array).dtype == np.int8 else np.float32
+    a = np.ascontiguousarray(array, dtype=dtype)
     if a.ctypes.data % _ALIGN == 0:
         return a
-    raw = np.empty(a.size + _ALIGN // 4, np.float32)
-    start = (-raw.ctypes.data % _ALIGN) // 4
+    raw = np.empty(a.size + _ALIGN // a.itemsize, dtype)
+    start = (-raw.ctypes.data % _ALIGN) // a.itemsize
     out = raw[start : start + a.size].reshape(a.shape)
     out[...] = a
     return out
@@ -125,8 +127,8 @@ def add_bias(a, bias):
 
 
 def stack(arrays):
-    """A new (len(arrays), ...) float32 array of equally shaped arrays, aligned as
-    to_device_aligned's."""
+    """A new (len(arrays), ...) float32 (or int8) array of equally shaped arrays, aligned
+    as to_device_aligned's."""
     return to_device_aligned(np.stack(arrays))
 
 

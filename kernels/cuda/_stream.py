@@ -177,20 +177,28 @@ def _fmax(a, b):
 
 
 @cuda.jit(device=True)
-def _gate_dots(w, rows, x, xrow, lane, acc):
+def _gate_dots(w, ws, rows, x, xs, xrow, lane, acc):
     """acc[g * _S + s] += this lane's share of w[rows[g]] . x[xrow[s]], for every slot g
     with rows[g] >= 0 and every s < _S.
 
     Lanes stride over the row, so each warp-wide load of w is 128 contiguous bytes; each
-    loaded weight serves all _S streams (rows of x; unused slots repeat a valid row)."""
+    loaded weight serves all _S streams (rows of x; unused slots repeat a valid row).
+    int8 rows (an int8 model): ws holds their scales, and each weight is dequantized as
+    it is loaded (q * s, one float32 product, the dequantized model's weight exactly),
+    a quarter of the bytes read; likewise x's rows with xs (an int8 embedding). A float32
+    w or x has no scales (ws or xs of length 0)."""
     K = w.shape[1]
     xv = cuda.local.array(_S, float32)
     for k in range(lane, K, _WARP):
         for s in range(_S):
-            xv[s] = x[xrow[s], k]
+            xv[s] = float32(x[xrow[s], k])
+            if xs.shape[0] > 0:
+                xv[s] *= xs[xrow[s]]
         for g in range(_G):
             if rows[g] >= 0:
-                wv = w[rows[g], k]
+                wv = float32(w[rows[g], k])
+                if ws.shape[0] > 0:
+                    wv *= ws[rows[g]]
                 for s in range(_S):
                     acc[g * _S + s] += wv * xv[s]
 
@@ -242,8 +250,8 @@ def _cell(
 
 @cuda.jit(device=True)
 def _layer(
-    cell, residual, layer, t, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh,
-    h_prev, c_prev, h_new, c_new, res, lane, unit_warp, n_warps,
+    cell, residual, layer, t, ids, table, emb, s_emb, w_ih0, s_ih0, w_ih, s_ih, b_ih, w_hh,
+    s_hh, b_hh, h_prev, c_prev, h_new, c_new, res, lane, unit_warp, n_warps,
 ):  # fmt: skip
     """One layer of one step for every stream: h_new[layer], c_new[layer] from
     h_prev[layer], c_prev[layer] and the layer's input (the layer below's output, or
@@ -275,11 +283,14 @@ def _layer(
                 xrow[s] = ids[t, n] if layer == 0 else n
             for i in range(_SG):
                 acc[i] = _ZERO
+            no_scales = s_hh[layer, :0]  # the states are float32
             if layer > 0:
-                _gate_dots(w_ih[layer - 1], x_rows, x_in, xrow, lane, acc)
+                _gate_dots(w_ih[layer - 1], s_ih[layer - 1], x_rows, x_in, no_scales, xrow,
+                           lane, acc)  # fmt: skip
             elif not use_table:
-                _gate_dots(w_ih0, x_rows, emb, xrow, lane, acc)
-            _gate_dots(w_hh[layer], h_rows, h_prev[layer], hrow, lane, acc)
+                _gate_dots(w_ih0, s_ih0, x_rows, emb, s_emb, xrow, lane, acc)
+            _gate_dots(w_hh[layer], s_hh[layer], h_rows, h_prev[layer], no_scales, hrow, lane,
+                       acc)  # fmt: skip
             _warp_sum_slots(acc, 1 if cell == 0 else _G, ns)
             for s in range(_S):  # lane s applies the cell for stream n0 + s (constant
                 if s == lane and s < ns:  # indices keep acc and xrow in registers)
@@ -289,12 +300,19 @@ def _layer(
                     )  # fmt: skip
                     if residual[layer] != 0:  # (layer 0: E == H, its input is emb[id])
                         n = n0 + s
-                        x = emb[xrow[s], j] if layer == 0 else x_in[n, j]
+                        if layer > 0:
+                            x = x_in[n, j]
+                        else:
+                            x = float32(emb[xrow[s], j])
+                            if s_emb.shape[0] > 0:
+                                x *= s_emb[xrow[s]]
                         res[layer, n, j] = h_new[layer, n, j] + x
 
 
 @cuda.jit(device=True)
-def _decoder(w_dec, b_dec, top, logits, part_m, part_s, sh, tid, lane, warp, wpb, blk, nblk):
+def _decoder(
+    w_dec, s_dec, b_dec, top, logits, part_m, part_s, sh, tid, lane, warp, wpb, blk, nblk
+):  # fmt: skip
     """logits[n, v] for this block's rows v, and the block's (max, sum of exp(logit -
     max)) of each stream n in part_m[n, blk], part_s[n, blk]."""
     V = w_dec.shape[0]
@@ -318,7 +336,7 @@ def _decoder(w_dec, b_dec, top, logits, part_m, part_s, sh, tid, lane, warp, wpb
             for s in range(_S):
                 acc[s] = _ZERO
             rows[0] = v
-            _gate_dots(w_dec, rows, top, xrow, lane, acc)
+            _gate_dots(w_dec, s_dec, rows, top, s_dec[:0], xrow, lane, acc)
             _warp_sum_slots(acc, 1, ns)
             b = b_dec[v]
             for s in range(_S):
@@ -378,8 +396,9 @@ def _finish(logits, part_m, part_s, out, sh, tid, lane, warp, wpb, blk, nblk, nt
 
 @cuda.jit(cache=True)
 def _stream_kernel(
-    cell, residual, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
-    h_in, c_in, h_out, c_out, h_tmp, c_tmp, res, part_m, part_s, block_scratch, logits, out,
+    cell, residual, ids, table, emb, s_emb, w_ih0, s_ih0, w_ih, s_ih, b_ih, w_hh, s_hh, b_hh,
+    w_dec, s_dec, b_dec, h_in, c_in, h_out, c_out, h_tmp, c_tmp, res, part_m, part_s,
+    block_scratch, logits, out,
 ):  # fmt: skip
     grid = cuda.cg.this_grid()
     tid = cuda.threadIdx.x
@@ -403,13 +422,14 @@ def _stream_kernel(
             h_prev, c_prev = (h_in, c_in) if t == 0 else (h_out, c_out)
         for layer in range(L):
             _layer(
-                cell, residual, layer, t, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh,
-                h_prev, c_prev, h_new, c_new, res, lane, unit_warp, n_warps,
+                cell, residual, layer, t, ids, table, emb, s_emb, w_ih0, s_ih0, w_ih, s_ih,
+                b_ih, w_hh, s_hh, b_hh, h_prev, c_prev, h_new, c_new, res, lane, unit_warp,
+                n_warps,
             )  # fmt: skip
             grid.sync()
     sh = block_scratch[blk]
     top = res[L - 1] if residual[L - 1] != 0 else h_out[L - 1]
-    _decoder(w_dec, b_dec, top, logits, part_m, part_s, sh, tid, lane, warp, wpb, blk, nblk)
+    _decoder(w_dec, s_dec, b_dec, top, logits, part_m, part_s, sh, tid, lane, warp, wpb, blk, nblk)
     grid.sync()
     _finish(logits, part_m, part_s, out, sh, tid, lane, warp, wpb, blk, nblk, nthreads)
 
@@ -417,7 +437,7 @@ def _stream_kernel(
 # ---------------------------------------------------------------------------- launch
 
 _grid_lock = threading.Lock()
-_grid_blocks_cache: dict = {}  # (device id, threads) -> blocks
+_grid_blocks_cache: dict = {}  # (device id, threads, weight dtype) -> blocks
 _scratch_local = threading.local()
 
 
@@ -427,18 +447,18 @@ def _device_key() -> int:
 
 def _default_blocks(device: int, threads: int, args: list) -> int:
     """min(co-resident blocks of the compiled kernel, _BLOCKS_PER_SM * SMs), once per
-    (device, threads); args: the launch's, the three scratch arrays not yet there. The
+    (device, threads, weight dtype); args: the launch's, the three scratch arrays not yet there. The
     simulator runs one block (it cannot sync across blocks)."""
     if _SIMULATOR:
         return 1
-    key = (device, threads)
+    key = (device, threads, str(args[11].dtype))  # float32 and int8 weights compile apart
     blocks = _grid_blocks_cache.get(key)
     if blocks is None:
         with _grid_lock:
             blocks = _grid_blocks_cache.get(key)
             if blocks is None:
                 # logits stands in for the scratch arrays (the same array type)
-                typed = args[:19] + [args[22]] * 3 + args[22:]
+                typed = args[:24] + [args[27]] * 3 + args[27:]
                 sig = tuple(_stream_kernel.typeof_pyval(a) for a in typed)
                 kernel = _stream_kernel.compile(sig)
                 resident = kernel.max_cooperative_grid_blocks(threads)
@@ -466,8 +486,8 @@ def _scratch(device: int, stream, name: str, shape: tuple):
 
 
 def stream_step(
-    cell, residual, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
-    h_in, c_in, h_out, c_out, gx, gh, logits, out,
+    cell, residual, ids, table, emb, s_emb, w_ih0, s_ih0, w_ih, s_ih, b_ih, w_hh, s_hh, b_hh,
+    w_dec, s_dec, b_dec, h_in, c_in, h_out, c_out, gx, gh, logits, out,
     *, threads=None, blocks=None, stream=0,
 ):  # fmt: skip
     """T streaming steps of N streams and the next-token log-probabilities, one launch.
@@ -479,7 +499,9 @@ def stream_step(
     (L, N, H; c untouched unless cell is lstm); logits (N, V) gets the raw logits and
     out (N, V) the log-probabilities. gx, gh are the CPU's scratch: unused here.
     threads (a multiple of 32, at most 1024) and blocks override the launch shape;
-    stream is the CUDA stream to launch on.
+    stream is the CUDA stream to launch on. Each matrix is float32, or int8 with its
+    scales in the s_* beside it (see the CPU kernel); a float32 matrix's s_* have a last
+    dimension of 0.
     """
     threads = DEFAULT_THREADS if threads is None else int(threads)
     if threads % _WARP or not 0 < threads <= _WARP * _MAX_WARPS:
@@ -497,8 +519,9 @@ def stream_step(
     # scratch array kept for reuse: checking the flags would cost a copy from the device)
     res = _scratch(device, stream, "res", (L, N, H))
     args = [
-        cell, residual, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, w_dec, b_dec,
-        h_in, c_in, h_out, c_out, h_tmp, c_tmp, res, None, None, None, logits, out,
+        cell, residual, ids, table, emb, s_emb, w_ih0, s_ih0, w_ih, s_ih, b_ih, w_hh, s_hh,
+        b_hh, w_dec, s_dec, b_dec, h_in, c_in, h_out, c_out, h_tmp, c_tmp, res, None, None,
+        None, logits, out,
     ]  # fmt: skip
     if blocks is None:
         blocks = _default_blocks(device, threads, args)
@@ -508,9 +531,10 @@ def stream_step(
             f"blocks must be >= 1 (and 1 under the simulator, whose grid sync only "
             f"synchronizes one block), not {blocks}"
         )
-    args[19] = _scratch(device, stream, "part_m", (N, blocks))
-    args[20] = _scratch(device, stream, "part_s", (N, blocks))
-    args[21] = _scratch(device, stream, "block", (blocks, _SHARED_LEN))
+    part = 24  # the places of part_m, part_s and block_scratch in args
+    args[part] = _scratch(device, stream, "part_m", (N, blocks))
+    args[part + 1] = _scratch(device, stream, "part_s", (N, blocks))
+    args[part + 2] = _scratch(device, stream, "block", (blocks, _SHARED_LEN))
     _stream_kernel[blocks, threads, stream](*args)
 
 
@@ -527,7 +551,7 @@ def _pick_top_k(residual, res, h_out, top):
 
 
 def stream_layers(
-    cell, residual, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh,
+    cell, residual, ids, table, emb, s_emb, w_ih0, s_ih0, w_ih, s_ih, b_ih, w_hh, s_hh, b_hh,
     h_in, c_in, h_out, c_out, gx, gh, top,
     *, threads=None, blocks=None, stream=0,
 ):  # fmt: skip
@@ -537,9 +561,10 @@ def stream_layers(
     N, H = top.shape
     L = h_out.shape[0]
     none = cuda.device_array((0, H), np.float32)
+    no_rows = cuda.device_array(0, np.float32)
     stream_step(
-        cell, residual, ids, table, emb, w_ih0, w_ih, b_ih, w_hh, b_hh, none,
-        cuda.device_array(0, np.float32), h_in, c_in, h_out, c_out, gx, gh,
+        cell, residual, ids, table, emb, s_emb, w_ih0, s_ih0, w_ih, s_ih, b_ih, w_hh, s_hh,
+        b_hh, none, no_rows, no_rows, h_in, c_in, h_out, c_out, gx, gh,
         cuda.device_array((N, 0), np.float32), cuda.device_array((N, 0), np.float32),
         threads=threads, blocks=blocks, stream=stream,
     )  # fmt: skip

@@ -1,0 +1,248 @@
+"""int8 models: every weight matrix stored as int8 rows with one float32 scale per row
+(rnnlm_engine/quantize.py), biases float32; inference only.
+
+``Model.quantize("int8")`` makes one and ``rnnlm_engine.load`` reads one from its file.
+Its math is the float32 model's with the dequantized weights q * s (what the oracle
+computes), and it is about 4x smaller in memory and on disk.
+
+Where each pass runs:
+- Streams, ``StreamBatch`` and ``generate``: the streaming kernels on the int8 weights
+  (CPU: each row's int8 sum in float32, times its scale; CUDA: each weight dequantized as
+  it is loaded; the embedding row dequantized). They read a quarter of the bytes, which
+  is what a batch-1 step is bound by. There is no (V, G)
+  input table (it would be float32, larger than the whole int8 model): layer 0's input
+  is the int8 product of the token's embedding row. An adaptive output's head and tails
+  are read as float32 copies (dequantized once: they are a few percent of the model).
+- Batch passes (``forward``, ``token_logprobs``, ``score``, ``trace``, attributions):
+  a float32 model of the dequantized weights, built on first use and kept until
+  ``release_workspace()``. Their products are large matrix products, bound by arithmetic:
+  with float32 activations (the contract), int8 weights would only add a conversion per
+  multiply-add, so BLAS on dequantized weights is the fastest way here, and it gives the
+  dequantized float32 model's results to the bit.
+
+Training, ``loss_and_grad`` and ``state_dict()`` are refused: train the float32 model,
+then quantize it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from .errors import ConfigError, ParameterError
+from .model import Model
+from .modelfile import int8_names, scale_problem
+from .quantize import QMAX, dequantize_rows, quantize_rows
+
+KINDS = ("int8",)
+_INFERENCE_ONLY = (
+    "an int8 model is for inference only: train the float32 model, then quantize it "
+    "(Model.quantize or rnnlm quantize)"
+)
+
+
+def check_kind(kind) -> None:
+    if kind not in KINDS:
+        raise ConfigError(f"quantize: kind must be one of {', '.join(KINDS)}; got {kind!r}")
+
+
+def quantize_model(model: Model, kind: str = "int8") -> QuantizedModel:
+    """The int8 model of a float32 Model (same config, vocabulary, metadata, backend)."""
+    check_kind(kind)
+    if isinstance(model, QuantizedModel):
+        return model
+    host = model._parameters()
+    weights, scales = {}, {}
+    for name, a in host.items():
+        if name in int8_names(model.config):
+            weights[name], scales[name] = quantize_rows(np.asarray(a), name)
+        else:
+            weights[name] = np.array(a, np.float32)
+    return QuantizedModel(
+        model.config, weights, scales, model.backend, vocab=model.vocab, metadata=model.metadata
+    )
+
+
+def check_quantized(config, weights: dict, scales: dict) -> dict[str, np.ndarray]:
+    """Check an int8 model's tensors (names, dtypes, shapes, int8 values in [-127, 127],
+    scales positive and finite) and return the dequantized float32 parameters. Raises
+    ParameterError naming the first defect."""
+    names = int8_names(config)
+    extra = [name for name in scales if name not in names]
+    if extra:
+        raise ParameterError(f"scales given for {', '.join(map(repr, extra))}, not int8 matrices")
+    shapes = config.parameter_shapes()
+    out = {}
+    for name, shape in shapes.items():
+        if name not in weights:
+            raise ParameterError(f"missing parameter {name!r}")
+        a = np.asarray(weights[name])
+        if name not in names:
+            out[name] = a
+            continue
+        if a.dtype != np.int8 or a.shape != shape:
+            raise ParameterError(
+                f"{name}: int8 rows of shape {shape} needed; got {a.dtype} {a.shape}"
+            )
+        if a.size and int(a.min()) < -QMAX:
+            raise ParameterError(f"{name} holds -128: int8 rows are symmetric, -127..127")
+        if name not in scales:
+            raise ParameterError(f"missing the scales of {name!r}")
+        s = np.asarray(scales[name])
+        problem = scale_problem(s, shape[0])
+        if problem:
+            raise ParameterError(f"the scales of {name!r}: {problem}")
+        out[name] = dequantize_rows(a, s)
+    return out
+
+
+class QuantizedModel(Model):
+    """An int8 model (see the module docstring). Build one with ``Model.quantize``."""
+
+    weight_storage = "int8"
+
+    def __init__(
+        self,
+        config,
+        weights: dict,
+        scales: dict,
+        backend: str | None = None,
+        vocab=None,
+        metadata: dict | None = None,
+    ):
+        dequantized = check_quantized(config, weights, scales)
+        # the float32 model's checks (names, shapes, finite values, float32 sums), on the
+        # dequantized weights; its arrays are then dropped, keeping the int8 ones
+        super().__init__(config, dequantized, backend, vocab=vocab, metadata=metadata)
+        k = self._k
+        self._params = {
+            name: k.freeze(k.to_device_aligned(weights[name] if name in scales else a))
+            for name, a in self._params.items()
+        }
+        self._scales = {name: k.freeze(k.to_device_aligned(s)) for name, s in scales.items()}
+        self._forward_weights = {}
+
+    # ------------------------------------------------------------ what is refused
+
+    def state_dict(self):
+        raise ConfigError(f"state_dict(): {_INFERENCE_ONLY}; dequantize() gives a float32 Model")
+
+    def loss_and_grad(self, *args, **kwargs):
+        raise ConfigError(f"loss_and_grad(): {_INFERENCE_ONLY}")
+
+    def _apply_update(self, update) -> None:
+        raise ConfigError(_INFERENCE_ONLY)
+
+    # ------------------------------------------------------------ int8 specifics
+
+    def quantize(self, kind: str = "int8") -> QuantizedModel:
+        check_kind(kind)
+        return self
+
+    def dequantize(self) -> Model:
+        """A float32 Model of the dequantized weights (a new model, trainable)."""
+        return Model(
+            self._config, self._dequantized_host(), self.backend, vocab=self._vocab,
+            metadata=self._metadata,
+        )  # fmt: skip
+
+    def int8_tensors(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(name -> host array: int8 matrices and float32 biases, name -> scales (rows,))."""
+        k = self._k
+        return (
+            {name: k.to_host(a) for name, a in self._params.items()},
+            {name: k.to_host(s) for name, s in self._scales.items()},
+        )
+
+    def save(self, path, metadata: dict | None = None, training: dict | None = None) -> None:
+        """Write the int8 model file (format 2 with the "int8" feature), atomically."""
+        from . import modelfile
+
+        if training is not None:
+            raise ConfigError(f"an int8 model file holds no training state: {_INFERENCE_ONLY}")
+        weights, scales = self.int8_tensors()
+        modelfile.save(
+            path,
+            config=self._config,
+            tensors=weights,
+            scales=scales,
+            vocab=None if self._vocab is None else self._vocab.to_dict(),
+            metadata=self._metadata if metadata is None else metadata,
+        )
+
+    def nbytes(self) -> int:
+        return super().nbytes() + sum(s.nbytes for s in self._scales.values())
+
+    def fingerprint(self) -> str:
+        def build():
+            h = hashlib.sha256(repr(sorted(self._config.to_dict().items())).encode())
+            h.update(b"int8")
+            weights, scales = self.int8_tensors()
+            for name in sorted(weights):
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(weights[name]).tobytes())
+                if name in scales:
+                    h.update(np.ascontiguousarray(scales[name]).tobytes())
+            return h.hexdigest()[:32]
+
+        return self._cached("fingerprint", build)
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("Model(", "QuantizedModel(int8, ", 1)
+
+    # ---------------------------------------------- hooks the streaming path reads
+
+    def _scale(self, name: str):
+        return self._scales[name]
+
+    def _dequantized(self, name: str):
+        if name not in self._scales:
+            return self._params[name]
+        k = self._k
+        w = dequantize_rows(k.to_host(self._params[name]), k.to_host(self._scales[name]))
+        return k.freeze(k.to_device_aligned(w))
+
+    def _dequantized_host(self) -> dict[str, np.ndarray]:
+        weights, scales = self.int8_tensors()
+        return {
+            name: dequantize_rows(a, scales[name]) if name in scales else np.array(a)
+            for name, a in weights.items()
+        }
+
+    def _layer0_table(self):
+        return None  # see the module docstring: no float32 (V, G) table
+
+    # ------------------------------------------------ batch passes: the float32 model
+
+    def _float(self) -> Model:
+        """The float32 model of the dequantized weights that batch passes run on (built
+        on first use, kept until release_workspace)."""
+        return self._cached("float_model", self.dequantize)
+
+    def release_workspace(self) -> None:
+        """Free the calling thread's work arrays and the float32 model of batch passes."""
+        super().release_workspace()
+        with self._derived_lock:
+            self._derived.pop("float_model", None)
+
+    def forward(self, ids, state=None):
+        return self._float().forward(ids, state)
+
+    def _forward_checked(self, ids, state, saved=None):
+        return self._float()._forward_checked(ids, state, saved)
+
+    def token_logprobs(self, inputs, targets, state=None):
+        return self._float().token_logprobs(inputs, targets, state)
+
+    def score(self, text_lines_or_path, *args, **kwargs):
+        return self._float().score(text_lines_or_path, *args, **kwargs)
+
+    def trace(self, *args, **kwargs):
+        return self._float().trace(*args, **kwargs)
+
+    def attribution(self, *args, **kwargs):
+        return self._float().attribution(*args, **kwargs)
+
+    def gradient_by_lag(self, *args, **kwargs):
+        return self._float().gradient_by_lag(*args, **kwargs)
