@@ -486,6 +486,10 @@ class Model:
                     value = self._derived[name] = build()
         return value
 
+    def _has_input_table(self) -> bool:
+        """Whether layer 0's input projection comes from a table (see _layer0_table)."""
+        return _has_input_table(self._config)
+
     def _scale(self, name: str):
         """The per-row scales of parameter `name` as the streaming kernels take them: an
         empty (0,) array for a float32 matrix (QuantizedModel: its (rows,) scales)."""
@@ -499,14 +503,14 @@ class Model:
         """The (V, G) table of layer 0's input projection for every token, or None when
         it would exceed _INPUT_TABLE_MAX_BYTES. Built once, by the first thread to ask."""
         c = self._config
-        if not _has_input_table(c):
+        if not self._has_input_table():
             return None
 
         def build():
-            k, p = self._k, self._params
+            k, w = self._k, self._dequantized
             table = k.empty((c.vocab_size, c.gate_rows), np.float32)
-            k.matmul(p["encoder.weight"], p["rnn.weight_ih_l0"], out=table, trans_b=True)
-            k.add_bias(table, p["rnn.bias_ih_l0"])
+            k.matmul(w("encoder.weight"), w("rnn.weight_ih_l0"), out=table, trans_b=True)
+            k.add_bias(table, self._params["rnn.bias_ih_l0"])
             return k.freeze(table)
 
         return self._cached("input_table", build)

@@ -9,10 +9,11 @@ Where each pass runs:
 - Streams, ``StreamBatch`` and ``generate``: the streaming kernels on the int8 weights
   (CPU: each row's int8 sum in float32, times its scale; CUDA: each weight dequantized as
   it is loaded; the embedding row dequantized). They read a quarter of the bytes, which
-  is what a batch-1 step is bound by. There is no (V, G)
-  input table (it would be float32, larger than the whole int8 model): layer 0's input
-  is the int8 product of the token's embedding row. An adaptive output's head and tails
-  are read as float32 copies (dequantized once: they are a few percent of the model).
+  is what a batch-1 step is bound by. Layer 0's input is the int8 product of the
+  token's embedding row, except for small vocabularies (characters), whose float32 (V, G)
+  input table is no larger than the int8 matrices it replaces (for a word model it would
+  be larger than the whole int8 model). An adaptive output's head and tails are read as
+  float32 copies (dequantized once: they are a few percent of the model).
 - Batch passes (``forward``, ``token_logprobs``, ``score``, ``trace``, attributions):
   a float32 model of the dequantized weights, built on first use and kept until
   ``release_workspace()``. Their products are large matrix products, bound by arithmetic:
@@ -210,8 +211,12 @@ class QuantizedModel(Model):
             for name, a in weights.items()
         }
 
-    def _layer0_table(self):
-        return None  # see the module docstring: no float32 (V, G) table
+    def _has_input_table(self) -> bool:
+        # a float32 (V, G) table only where it is no larger than the int8 embedding and
+        # W_ih0 it replaces (small vocabularies: characters, bytes), so the model stays
+        # about 4x smaller; elsewhere layer 0's input is one more int8 product per token
+        c = self._config
+        return c.vocab_size * c.gate_rows * 4 <= (c.vocab_size + c.gate_rows) * c.emb_size
 
     # ------------------------------------------------ batch passes: the float32 model
 

@@ -98,7 +98,8 @@ def test_int8_stream_step_matches_the_oracle_of_the_dequantized_weights(case, N,
     h0 = rng.uniform(-1, 1, (L, N, H)).astype(np.float32)
     c0 = rng.uniform(-1, 1, (L, N, H)).astype(np.float32)
     cell, residual, weights = streaming._build_stream_args(q)
-    assert weights[1].dtype == np.int8 and weights[0].shape[0] == 0  # no float table
+    # a float32 input table only for small vocabularies (no larger than what it replaces)
+    assert weights[1].dtype == np.int8 and (weights[0].shape[0] > 0) == q._has_input_table()
     h_out, c_out, out = poisoned((L, N, H)), poisoned((L, N, H)), poisoned((N, V))
     h_in, c_in = h0.copy(), c0.copy()
     kc.stream_step(
@@ -175,6 +176,17 @@ def test_a_quantized_model_is_int8_and_four_times_smaller():
     assert q.quantize("int8") is q
     with pytest.raises(ConfigError, match="kind must be one of int8"):
         m.quantize("int4")
+
+
+def test_only_a_small_vocabulary_gets_a_float32_input_table():
+    """A character model's (V, G) table is no larger than the int8 embedding and W_ih0
+    it replaces; a word model's would be larger than the whole int8 model."""
+    for V, H, table in ((65, 256, True), (10000, 200, False)):
+        config = ModelConfig("lstm", V, H, H, 1)
+        q = Model.from_state_dict(float_params(config, np.random.default_rng(0), False, False))
+        q = q.quantize()
+        assert q._has_input_table() == table
+        assert (streaming.streaming_weights(q)["table"].shape[0] > 0) == table
 
 
 def test_batch_passes_are_the_dequantized_float32_models_to_the_bit():

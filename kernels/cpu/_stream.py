@@ -263,14 +263,16 @@ def _stream_layers(
     if table.shape[0] > 0:
         for n in range(N):
             gx[n, :] = table[ids[n]]
-    else:
-        _stream_products(w_ih0, s_ih0, xe, b_ih[0], gx)
     x = xe  # the layer's input; layer 0's is used only when residual (E == H then)
     for layer in range(L):
         if layer > 0:
             _stream_products2(
                 w_ih[layer - 1], s_ih[layer - 1], x, b_ih[layer], gx,
                 w_hh[layer], s_hh[layer], h_in[layer], b_hh[layer], gh,
+            )  # fmt: skip
+        elif table.shape[0] == 0:  # layer 0's input product too, in the same parallel loop
+            _stream_products2(
+                w_ih0, s_ih0, xe, b_ih[0], gx, w_hh[0], s_hh[0], h_in[0], b_hh[0], gh
             )  # fmt: skip
         else:
             _stream_products(w_hh[layer], s_hh[layer], h_in[layer], b_hh[layer], gh)
