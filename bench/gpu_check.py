@@ -253,6 +253,13 @@ def bench_streaming(torch, device, sizes, seconds):
     te, tt = _stream_row(torch, device, model, tlm, tokens, seconds, blas_from=2)
     name = f"stream us/token, batch {n}"
     rows.append((name, f"LSTM 2x{H}, V={V}, batched forward", te * 1e6 / n, tt * 1e6 / n))
+    # the int8 model (issue 13): the same kernel on int8 weights, a quarter of the bytes
+    quantized = model.quantize("int8")
+    for n in (1, sizes["stream_batch"]):
+        tokens = [int(t) for t in rng.integers(0, V, n)]
+        te, tt = _stream_row(torch, device, quantized, tlm, tokens, seconds)
+        name = f"int8 stream us/tok, b {n}"
+        rows.append((name, f"LSTM 2x{H}, V={V}, int8 weights", te * 1e6 / n, tt * 1e6 / n))
     return rows
 
 

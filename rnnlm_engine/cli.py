@@ -403,7 +403,8 @@ def cmd_train(args) -> int:
         f = load_file(args.resume)
         values = (f.training or {}).get("values", {})
         if values.get("kind") != "checkpoint":
-            raise InputError(f"{args.resume}: not a training checkpoint")
+            int8 = " (an int8 model is for inference only)" if f.scales is not None else ""
+            raise InputError(f"{args.resume}: not a training checkpoint{int8}")
         # the run's settings, except those given again (max_time: none unless given)
         changes = {"max_time": args.max_time, "max_windows": None}
         if args.epochs is not None:

@@ -74,6 +74,9 @@ def check_quantized(config, weights: dict, scales: dict) -> dict[str, np.ndarray
     if extra:
         raise ParameterError(f"scales given for {', '.join(map(repr, extra))}, not int8 matrices")
     shapes = config.parameter_shapes()
+    unknown = [name for name in weights if name not in shapes]
+    if unknown:
+        raise ParameterError(f"unexpected parameter(s) {', '.join(map(repr, unknown))}")
     out = {}
     for name, shape in shapes.items():
         if name not in weights:

@@ -53,6 +53,41 @@ def test_train_then_info(corpus, tmp_path, capsys):
     assert info["metadata"]["epochs_completed"] == 2
 
 
+def test_quantize_then_info_score_generate(corpus, tmp_path, capsys):
+    """rnnlm quantize writes an int8 model (about 4x smaller) that info describes and that
+    scores and generates; it is refused as a checkpoint, as its own input and as OUT."""
+    out, q = tmp_path / "m.rnnlm", tmp_path / "q.rnnlm"
+    assert run(["train", "--train", corpus, "--out", out, *TRAIN, "--hidden", "64"], capsys)[0] == 0
+    code, _, err = run(["quantize", out, q], capsys)
+    assert code == 0 and "int8" in err and "x smaller" in err
+    assert out.stat().st_size > 3 * q.stat().st_size
+    code, text, _ = run(["info", q], capsys)
+    assert (
+        code == 0
+        and "int8 with a float32 scale per row" in text
+        and "format            2.0" in text
+    )
+    info = json.loads(run(["info", q, "--json"], capsys)[1])
+    assert info["storage"] == "int8" and info["features"] == ["int8"]
+    float_info = json.loads(run(["info", out, "--json"], capsys)[1])
+    assert float_info["storage"] == "float32"
+    assert float_info["weight_bytes"] == 4 * float_info["parameters"]
+    code, text, err = run(["score", q, corpus, "--json"], capsys)
+    assert code == 0, err
+    code, f_text, _ = run(["score", out, corpus, "--json"], capsys)
+    totals = [json.loads(t.splitlines()[-1]) for t in (text, f_text)]
+    assert 0 < totals[0]["perplexity"] < 1.05 * totals[1]["perplexity"]
+    code, text, err = run(["generate", q, "--tokens", "5", "--seed", "1"], capsys)
+    assert code == 0 and text.strip(), err
+    for argv, message in [
+        (["quantize", q, tmp_path / "r.rnnlm"], "already an int8 model"),
+        (["quantize", out, out], "OUT is MODEL"),
+        (["train", "--out", tmp_path / "x", "--resume", q], "an int8 model is for inference"),
+    ]:
+        code, _, err = run(argv, capsys)
+        assert code == 2 and message in err, err
+
+
 def test_resume_from_the_checkpoint_alone(corpus, tmp_path, capsys):
     """--resume finds the data files and settings in the checkpoint; more epochs run."""
     out = tmp_path / "m.rnnlm"

@@ -295,3 +295,12 @@ def test_bad_int8_weights_are_refused_before_a_kernel_sees_them():
     w[name][0, 0] = -128
     with pytest.raises(ParameterError, match="-128"):
         QuantizedModel(m.config, w, scales)
+    for w, s, match in [
+        (dict(weights, extra=weights[name]), scales, "unexpected parameter"),
+        ({k: v for k, v in weights.items() if k != name}, scales, "missing parameter"),
+        (dict(weights, **{name: weights[name].astype(np.float32)}), scales, "int8 rows of shape"),
+        (weights, {k: v for k, v in scales.items() if k != name}, "missing the scales"),
+        (weights, dict(scales, **{"rnn.bias_hh_l0": scales[name]}), "not int8 matrices"),
+    ]:
+        with pytest.raises(ParameterError, match=match):
+            QuantizedModel(m.config, w, s)

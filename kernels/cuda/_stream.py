@@ -25,6 +25,10 @@ when T - 1 - t is even, else a scratch buffer, so the last step lands in h_out. 
 call uses no scratch. Layer 0's input projection is a row of ``table`` (which includes
 b_ih0) when one is given, else emb[id] @ w_ih0^T computed in the same pass.
 
+An int8 model's matrices (int8 rows, a float32 scale each: the s_* arguments) go through
+the same code: each weight is dequantized as it is loaded (q * s, one float32 product, the
+dequantized model's weight exactly), so the kernel reads a quarter of the weight bytes.
+
 Phase "decoder": block b owns vocabulary rows [b V / B, (b + 1) V / B); its warps take
 rows in turn, keep an online (max, sum of exp) per stream, and combine them (through the
 block's row of a global scratch array, between syncthreads) into one partial per (stream,
