@@ -263,6 +263,36 @@ def build_parser() -> argparse.ArgumentParser:
                     help="int8: one float32 scale per weight row (default)")  # fmt: skip
     qz.set_defaults(func=cmd_quantize)
 
+    it = sub.add_parser(
+        "import-torch",
+        parents=[common],
+        help="a model from a PyTorch word_language_model checkpoint (needs torch)",
+    )
+    it.add_argument("checkpoint", metavar="CHECKPOINT", help="a state_dict, or a whole model")
+    source = it.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", metavar="PATH",
+                        help="the training data (a folder with train.txt, valid.txt, test.txt, "
+                             "or one file): the vocabulary as word_language_model's Corpus "
+                             "numbers it")  # fmt: skip
+    source.add_argument("--vocab", metavar="FILE",
+                        help="the tokens, one per line in id order (or its JSON)")  # fmt: skip
+    it.add_argument("--out", required=True, metavar="MODEL")
+    it.add_argument("--cell", choices=["lstm", "gru", "rnn"],
+                    help="the cell where the file cannot say (a tanh RNN)")  # fmt: skip
+    it.add_argument("--trust-pickle", action="store_true",
+                    help="load a whole pickled model (torch.save(model, f)); unpickling runs "
+                         "code the file names: only for a file you trust")  # fmt: skip
+    it.set_defaults(func=cmd_import_torch)
+
+    et = sub.add_parser(
+        "export-torch", parents=[common],
+        help="a state_dict for PyTorch's word_language_model, and the vocabulary (needs torch)",
+    )  # fmt: skip
+    et.add_argument("model", metavar="MODEL")
+    et.add_argument("out", metavar="OUT", help="the state_dict file; the vocabulary goes to "
+                    "OUT.vocab.json")  # fmt: skip
+    et.set_defaults(func=cmd_export_torch)
+
     d = sub.add_parser(
         "demo",
         parents=[computing],
@@ -725,6 +755,36 @@ def cmd_quantize(args) -> int:
             f"({before / after:.1f}x smaller than {args.model}, {before / 1e6:.2f} MB)",
             file=sys.stderr,
         )
+    return 0
+
+
+def cmd_import_torch(args) -> int:
+    from . import torch_io
+
+    vocab = (
+        torch_io.corpus_vocabulary(args.corpus)
+        if args.corpus
+        else torch_io.read_token_list(args.vocab)
+    )
+    model = torch_io.import_model(
+        args.checkpoint, vocab, cell=args.cell, trust_pickle=args.trust_pickle
+    )
+    model.save(args.out, metadata={"imported_from": str(args.checkpoint)})
+    if not args.quiet:
+        c = model.config
+        print(f"wrote {args.out}: {c.cell} {c.num_layers} x {c.hidden_size}, "
+              f"{c.vocab_size:,} words{', tied' if c.tied else ''}", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def cmd_export_torch(args) -> int:
+    from . import torch_io
+    from .model import load
+
+    out, vocab = torch_io.export_model(load(args.model, backend="cpu"), args.out)
+    if not args.quiet:
+        print(f"wrote {out}" + (f" and {vocab}" if vocab else " (no vocabulary stored)"),
+              file=sys.stderr)  # fmt: skip
     return 0
 
 
