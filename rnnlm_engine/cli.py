@@ -203,13 +203,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("score", parents=[computing], help="score text, one line per input line")
     sc.add_argument("model", metavar="MODEL")
-    sc.add_argument("file", metavar="FILE", nargs="?", default="-", help="text, or - for stdin")
+    sc.add_argument(
+        "files", metavar="FILE", nargs="*",
+        help="text, or - for stdin (the default); with --out, any number of shards",
+    )  # fmt: skip
     sc.add_argument("--mode", choices=["sentence", "corpus"], default="sentence")
     sc.add_argument("--log10", action="store_true", help="log10 probabilities (as KenLM)")
     sc.add_argument("--per-token", action="store_true", help="also each token's log-prob")
     sc.add_argument("--json", action="store_true", help="one JSON object per line")
     sc.add_argument("--batch-size", type=int, default=64)
     sc.add_argument("--replace-invalid", action="store_true")
+    many = sc.add_argument_group(
+        "many files (--out DIR)",
+        "each FILE a shard of documents (a line each; .gz and .xz read as such), scored per "
+        "document into DIR/<file name>.jsonl, totals in DIR/summary.json",
+    )
+    many.add_argument(
+        "--out",
+        metavar="DIR",
+        help="score the files into this folder",
+    )
+    many.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="the files are JSON lines, a document in each record's --field",
+    )
+    many.add_argument(
+        "--field",
+        default="text",
+        help="the JSON field of the text (default text)",
+    )
+    many.add_argument(
+        "--buckets",
+        metavar="P1,P2",
+        help="head / middle / tail at these percentiles of perplexity (30,60)",
+    )
+    many.add_argument(
+        "--bucket-cutoffs",
+        metavar="FILE",
+        help="bucket by the perplexities of an earlier run's cutoffs.json",
+    )
+    many.add_argument(
+        "--min-ppl",
+        type=float,
+        metavar="X",
+        help="keep documents of perplexity >= X",
+    )
+    many.add_argument(
+        "--max-ppl",
+        type=float,
+        metavar="X",
+        help="keep documents of perplexity <= X",
+    )
+    many.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip (and count) bad records and corrupt shards instead of stopping",
+    )
     sc.set_defaults(func=cmd_score)
 
     g = sub.add_parser("generate", parents=[computing], help="write text sampled from a model")
@@ -326,9 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # argparse gives an optional positional its default when an option comes before it
     # (rnnlm score MODEL --json FILE): take FILE from what was left over
-    if getattr(args, "command", None) == "score" and args.file == "-" and len(extra) == 1:
-        if not extra[0].startswith("-") or extra[0] == "-":
-            args.file, extra = extra[0], []
+    if getattr(args, "command", None) == "score" and extra:
+        files = [e for e in extra if not e.startswith("-") or e == "-"]
+        if files == extra:
+            args.files, extra = args.files + files, []
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "func", None) is None:
@@ -582,14 +633,24 @@ def _dask_client(address: str):
 def cmd_score(args) -> int:
     from .model import load
 
+    many_only = ("jsonl", "buckets", "bucket_cutoffs", "min_ppl", "max_ppl", "skip_bad")
+    if args.out is None:
+        given = [f"--{o.replace('_', '-')}" for o in many_only if getattr(args, o)]
+        if given:
+            raise InputError(f"{', '.join(given)} go with --out DIR (scoring files into it)")
+        if len(args.files) > 1:
+            raise InputError("several files are scored into a folder: give --out DIR")
     model = load(args.model, backend=args.backend)
+    if args.out is not None:
+        return _score_files(model, args)
     errors = "replace" if args.replace_invalid else "strict"
-    if args.file == "-":
+    file = args.files[0] if args.files else "-"
+    if file == "-":
         lines = _stdin_lines(errors)
     else:
-        lines = Path(args.file)
+        lines = Path(file)
         if not lines.is_file():
-            raise InputError(f"{args.file}: no such file")
+            raise InputError(f"{file}: no such file")
     scale = 1.0 / math.log(10) if args.log10 else 1.0
     scoring = model.score(
         lines, mode=args.mode, per_token=args.per_token, batch_size=args.batch_size,
@@ -620,6 +681,50 @@ def cmd_score(args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _score_files(model, args) -> int:
+    """rnnlm score MODEL FILES... --out DIR: see rnnlm_engine.shards."""
+    from . import shards
+
+    percentiles = _two_numbers(args.buckets, "--buckets") if args.buckets else None
+    cutoffs = shards.read_cutoffs(args.bucket_cutoffs) if args.bucket_cutoffs else None
+    options = shards.Options(
+        jsonl=args.jsonl, field=args.field, skip_bad=args.skip_bad,
+        errors="replace" if args.replace_invalid else "strict", min_ppl=args.min_ppl,
+        max_ppl=args.max_ppl, percentiles=percentiles, cutoffs=cutoffs,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+
+    def progress(r):
+        if not args.quiet:
+            skipped = f", {r.skipped} skipped" if r.skipped else ""
+            print(f"{r.shard}: {r.documents:,} documents, {r.kept:,} kept, {r.tokens:,} tokens"
+                  f"{skipped} ({r.tokens / max(r.seconds, 1e-9):,.0f} tokens/s)",
+                  file=sys.stderr)  # fmt: skip
+
+    corpus = shards.score_files(model, args.files, args.out, options, progress)
+    skipped = sum(r.skipped for r in corpus.shards)
+    if args.json:
+        print(json.dumps({k: v for k, v in corpus.to_dict().items() if k != "shards"}))
+    elif not args.quiet:
+        cut = f"; bucket cutoffs {corpus.cutoffs[0]:.2f}, {corpus.cutoffs[1]:.2f}" if (
+            corpus.cutoffs) else ""  # fmt: skip
+        print(f"{len(corpus.shards)} files, {corpus.documents:,} documents, {corpus.tokens:,} "
+              f"tokens, perplexity {corpus.perplexity:.4f}{cut}"
+              f"{f'; {skipped:,} bad records or files skipped' if skipped else ''}; "
+              f"{Path(args.out) / shards.SUMMARY}", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _two_numbers(text: str, option: str) -> tuple[float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise InputError(f"{option} takes two numbers such as 30,60; got {text!r}")
+    return values
 
 
 def _stdin_lines(errors: str):

@@ -263,9 +263,10 @@ def test_info_shows_metadata_that_is_not_a_number_instead_of_crashing(tmp_path, 
     assert "'oops' (not a number)" in text and "[1, 2] (not a number)" in text
     assert "None (not a number)" in text and "{'a': 1} (not a number)" in text
     assert max(len(line) for line in text.splitlines()) < 120  # long values are cut
-    # one line each for file, format, model, vocabulary, parameters, the three figures,
-    # epochs, engine, created and training state: a newline in a value stays on its line
-    assert len(text.splitlines()) == 12
+    # one line each for file, format, model, vocabulary, parameters, weights, file size,
+    # the three figures, epochs, engine, created and training state: a newline in a value
+    # stays on its line
+    assert len(text.splitlines()) == 14
     code, text, err = run(["info", tmp_path / "m", "--json"], capsys)
     assert code == 0, err
     assert json.loads(text)["metadata"]["valid_loss"] == "oops"
