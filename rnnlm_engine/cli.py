@@ -256,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep documents of perplexity <= X",
     )
     many.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="score the files on this Dask cluster (a task a file; the dask extra)",
+    )
+    many.add_argument(
         "--skip-bad",
         action="store_true",
         help="skip (and count) bad records and corrupt shards instead of stopping",
@@ -633,7 +638,8 @@ def _dask_client(address: str):
 def cmd_score(args) -> int:
     from .model import load
 
-    many_only = ("jsonl", "buckets", "bucket_cutoffs", "min_ppl", "max_ppl", "skip_bad")
+    many_only = ("jsonl", "buckets", "bucket_cutoffs", "min_ppl", "max_ppl", "skip_bad",
+                 "scheduler")  # fmt: skip
     if args.out is None:
         given = [f"--{o.replace('_', '-')}" for o in many_only if getattr(args, o)]
         if given:
@@ -703,7 +709,15 @@ def _score_files(model, args) -> int:
                   f"{skipped} ({r.tokens / max(r.seconds, 1e-9):,.0f} tokens/s)",
                   file=sys.stderr)  # fmt: skip
 
-    corpus = shards.score_files(model, args.files, args.out, options, progress)
+    if args.scheduler:
+        from . import distributed
+
+        client = _dask_client(args.scheduler)
+        corpus = distributed.score_files(
+            args.files, args.model, args.out, options, client=client, progress=progress
+        )
+    else:
+        corpus = shards.score_files(model, args.files, args.out, options, progress)
     skipped = sum(r.skipped for r in corpus.shards)
     if args.json:
         print(json.dumps({k: v for k, v in corpus.to_dict().items() if k != "shards"}))

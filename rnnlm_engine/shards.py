@@ -30,6 +30,7 @@ dropped silently.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import lzma
@@ -383,16 +384,25 @@ def score_files(model, paths, out_dir, options: Options, progress=None) -> Corpu
     return finish(results, out_dir, options)
 
 
-def finish(results: list[ShardResult], out_dir, options: Options) -> CorpusResult:
-    """Buckets from percentiles (a second pass over the outputs), and the summary."""
+def finish(results: list[ShardResult], out_dir, options: Options, rewrite=None) -> CorpusResult:
+    """Buckets from percentiles (a second pass over the outputs: rewrite(outputs, cutoffs),
+    by default add_buckets on each here), and the summary. Temporary files that a killed
+    writer left behind (a lost Dask worker's) are removed: every output is whole now."""
     corpus = CorpusResult(results, list(options.cutoffs) if options.cutoffs else None)
     if options.percentiles is not None:
         every = [r.perplexities for r in results if r.perplexities is not None]
         corpus.cutoffs = cutoffs_of(np.concatenate(every or [np.zeros(0)]), options.percentiles)
-        for r in results:
-            if r.output is not None:
-                add_buckets(r.output, corpus.cutoffs)
+        outputs = [r.output for r in results if r.output is not None]
+        if rewrite is None:
+            for output in outputs:
+                add_buckets(output, corpus.cutoffs)
+        else:
+            rewrite(outputs, corpus.cutoffs)
     out = Path(out_dir)
+    for r in results:
+        name = Path(r.output or output_name(r.shard)).name
+        for stale in out.glob(f".{glob.escape(name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
     if corpus.cutoffs is not None:
         data = {"cutoffs": corpus.cutoffs, "percentiles": options.percentiles}
         write_atomically(str(out / CUTOFFS), [json.dumps(data).encode()])

@@ -74,3 +74,15 @@ def cuda_simulator_fixes():
     finally:
         sys.setswitchinterval(interval)
         kernelapi.FakeCUDAShared.array = original
+
+
+@pytest.fixture
+def dask_client():
+    """A client of a fresh local cluster of 2 worker processes (a test may kill one)."""
+    distributed = pytest.importorskip("dask.distributed", reason="needs the dask extra")
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                 dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):  # fmt: skip
+        yield client

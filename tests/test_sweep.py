@@ -213,18 +213,6 @@ def test_resume_after_kill_9_continues_and_equals_an_uninterrupted_sweep(tmp_pat
     )
 
 
-@pytest.fixture
-def dask_client():
-    """A client of a fresh local cluster of 2 worker processes (a test may kill one)."""
-    distributed = pytest.importorskip("dask.distributed", reason="needs the dask extra")
-    with (
-        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                 dashboard_address=None) as cluster,
-        distributed.Client(cluster) as client,
-    ):  # fmt: skip
-        yield client
-
-
 def test_a_dask_local_cluster_gives_the_same_rows(data, tmp_path, dask_client):
     vocab, ids = data
     grid = parse_grid(f"cell=lstm,gru hidden=8,12 {BASE}")
