@@ -169,10 +169,25 @@ class _Corrupt(Exception):
     """The shard cannot be read past this point."""
 
 
-def documents(path, options: Options, skips: list) -> Iterator[tuple[int, str, dict | None]]:
+class Skips:
+    """Bad records skipped: how many, and the first few (memory stays bounded)."""
+
+    KEEP = 5
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: list[str] = []
+
+    def add(self, n: int, why: str) -> None:
+        self.count += 1
+        if len(self.first) < self.KEEP:
+            self.first.append(f"record {n}: {why}")
+
+
+def documents(path, options: Options, skips: Skips) -> Iterator[tuple[int, str, dict | None]]:
     """(record number from 1, the document's text, the JSON record or None) of a shard.
-    Bad records raise InputError, or with skip_bad are appended to skips as (number,
-    reason). A shard unreadable past some point raises _Corrupt."""
+    Bad records raise InputError, or with skip_bad are counted in skips. A shard
+    unreadable past some point raises _Corrupt."""
     path = Path(path)
     try:
         f = _open(path)
@@ -193,7 +208,7 @@ def documents(path, options: Options, skips: list) -> Iterator[tuple[int, str, d
             except _BadRecord as e:
                 if not options.skip_bad:
                     raise InputError(f"{path}: record {n}: {e}") from None
-                skips.append((n, str(e)))
+                skips.add(n, str(e))
 
 
 class _BadRecord(Exception):
@@ -234,7 +249,7 @@ def score_shard(model, path, out_dir, options: Options) -> ShardResult:
     path = Path(path)
     out = Path(out_dir) / output_name(path)
     result = ShardResult(str(path), str(out))
-    skips: list = []
+    skips = Skips()
     ppls: list[float] = []
     try:
         write_atomically(str(out), _output_lines(model, path, options, result, skips, ppls))
@@ -242,11 +257,11 @@ def score_shard(model, path, out_dir, options: Options) -> ShardResult:
         if not options.skip_bad:
             raise InputError(f"{e} (pass --skip-bad to skip the shard and go on)") from None
         result = ShardResult(str(path), None, skipped=1, problems=[str(e)])
-        skips, ppls = [], []
+        skips, ppls = Skips(), []
     except ModelFileError as e:  # write_atomically's error for an unwritable output
         raise InputError(str(e).replace("cannot save", "cannot write")) from None
-    result.skipped += len(skips)
-    result.problems += [f"record {n}: {why}" for n, why in skips[:5]]
+    result.skipped += skips.count
+    result.problems += skips.first
     if options.wants_perplexities:
         result.perplexities = np.array(ppls, np.float64)
     result.seconds = time.perf_counter() - t0
