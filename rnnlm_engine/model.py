@@ -72,28 +72,14 @@ class Model:
         vocab=None,
         metadata: dict | None = None,
     ):
-        if vocab is not None and len(vocab) != config.vocab_size:
-            raise ConfigError(
-                f"the vocabulary has {len(vocab)} tokens but the model's vocab_size is "
-                f"{config.vocab_size}"
-            )
-        self._config = config
-        self._vocab = vocab
-        self._metadata = dict(metadata or {})
-        self._k: ModuleType = get_backend(backend)
+        self._init_common(config, backend, vocab, metadata)
         host_params = _validated_params(config, params)
-        self._output = make_output(self)  # the output layer's contract: see output.py
         self._recurrent_bounds = _check_sums_fit_float32(config, host_params, self._output)
         # aligned for the kernels' vector loads (the CPU copies where numpy's were not), and
         # read-only on the backend too
         self._params = {
             name: self._k.freeze(self._k.to_device_aligned(a)) for name, a in host_params.items()
         }
-        self._ws = _Workspace()
-        # what is derived from the parameters, built on first use (see _cached): the
-        # layer-0 input table, the streaming weights, the transposed decoder, the fingerprint
-        self._derived: dict = {}
-        self._derived_lock = threading.RLock()  # a build may ask for another (reentrant)
         # a second copy of each layer matrix that the forward products read once per step or
         # window, in the layout they prefer (on the CPU: BLAS reads W^T without repacking
         # it; LSTM, 64 rows, H=200: x W_ih^T in 116 us against 159 us). Layer 0's W_ih only
@@ -105,6 +91,25 @@ class Model:
         self._forward_weights = {
             name: self._k.freeze(self._k.forward_layout(self._params[name])) for name in names
         }
+
+    def _init_common(self, config: ModelConfig, backend, vocab, metadata) -> None:
+        """What every model has besides its parameters (QuantizedModel shares it)."""
+        if vocab is not None and len(vocab) != config.vocab_size:
+            raise ConfigError(
+                f"the vocabulary has {len(vocab)} tokens but the model's vocab_size is "
+                f"{config.vocab_size}"
+            )
+        self._config = config
+        self._vocab = vocab
+        self._metadata = dict(metadata or {})
+        self._k: ModuleType = get_backend(backend)
+        self._output = make_output(self)  # the output layer's contract: see output.py
+        self._ws = _Workspace()
+        # what is derived from the parameters, built on first use (see _cached): the
+        # layer-0 input table, the streaming weights, the transposed decoder, the fingerprint
+        self._derived: dict = {}
+        self._derived_lock = threading.RLock()  # a build may ask for another (reentrant)
+        self._forward_weights: dict = {}
 
     # ------------------------------------------------------------------ construction
 
@@ -858,7 +863,9 @@ def _validated_params(config: ModelConfig, params: dict) -> dict[str, np.ndarray
 _FLOAT32_SUM_LIMIT = 1e38
 
 
-def _check_sums_fit_float32(config: ModelConfig, params: dict[str, np.ndarray], output) -> list:
+def _check_sums_fit_float32(
+    config: ModelConfig, params: dict[str, np.ndarray], output, row_l1=None, max_abs=None
+) -> list:
     """Raise ParameterError when some pre-activation or logit could overflow float32.
 
     Every cell output lies in [-1, 1] (tanh, and convex mixes of tanh), so each row of a
@@ -871,10 +878,21 @@ def _check_sums_fit_float32(config: ModelConfig, params: dict[str, np.ndarray], 
     An initial state given by the caller may hold |h| > 1: returns, per layer, (bound of
     the pre-activations without the recurrent term, largest row L1 norm of W_hh), with
     which _check_state bounds the first step's sums for such a state.
+
+    row_l1(name), max_abs(name): a matrix's row L1 norms (float64) and largest |weight|,
+    computed from params by default (an int8 model gives its own, from q and the scales,
+    without a float copy of the weights); params must hold the biases.
     """
 
-    def row_l1(name):
-        return np.abs(params[name].astype(np.float64)).sum(axis=1)
+    if row_l1 is None:
+
+        def row_l1(name):
+            return np.abs(params[name].astype(np.float64)).sum(axis=1)
+
+    if max_abs is None:
+
+        def max_abs(name):
+            return float(np.max(np.abs(params[name]), initial=0.0))
 
     def check(names, bound):
         largest = float(np.max(bound))
@@ -886,7 +904,7 @@ def _check_sums_fit_float32(config: ModelConfig, params: dict[str, np.ndarray], 
             )
 
     recurrent_bounds = []
-    x_bound = float(np.max(np.abs(params["encoder.weight"]), initial=0.0))
+    x_bound = max_abs("encoder.weight")
     for layer in range(config.num_layers):
         w_ih, w_hh = f"rnn.weight_ih_l{layer}", f"rnn.weight_hh_l{layer}"
         b_ih, b_hh = f"rnn.bias_ih_l{layer}", f"rnn.bias_hh_l{layer}"
@@ -897,7 +915,7 @@ def _check_sums_fit_float32(config: ModelConfig, params: dict[str, np.ndarray], 
         check([w_ih, w_hh, b_ih, b_hh], input_part + row_l1(w_hh))
         recurrent_bounds.append((float(np.max(input_part)), float(np.max(row_l1(w_hh)))))
         x_bound = 1.0 + (x_bound if config.residual_layers[layer] else 0.0)
-    output.check_sums(params, x_bound, check)  # the logits
+    output.check_sums(params, x_bound, check, row_l1)  # the logits
     return recurrent_bounds
 
 

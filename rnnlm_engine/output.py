@@ -17,7 +17,8 @@ The contract, top (N, H) float32 on the backend, targets (N,) int64:
       host, in float64 (attributions)
   stream_weights() -> the arrays the fused streaming kernel takes for the output, where
       streams_fused (else streams run the layers' kernel, then rows_log_probs)
-  check_sums(params, x_bound, check)     the float32 overflow bound of its logits
+  check_sums(params, x_bound, check, row_l1)  the float32 overflow bound of its logits
+      (row_l1(name): the L1 norms of a matrix's rows, in float64; params: the biases)
   reads_parts: whether a stream's reads (a token's log-probability, the top k, a draw)
       can take parts of the distribution; the adaptive softmax's rows_log_probs(top,
       want) then gives the head and the clusters wanted, and cluster_of(id) says which
@@ -119,8 +120,8 @@ class FullSoftmax:
             "b_dec": m._params["decoder.bias"],
         }
 
-    def check_sums(self, params: dict, x_bound: float, check) -> None:
-        w = np.abs(params[self.weight_name].astype(np.float64)).sum(axis=1)
+    def check_sums(self, params: dict, x_bound: float, check, row_l1) -> None:
+        w = row_l1(self.weight_name)
         check([self.weight_name, "decoder.bias"],
               w * x_bound + np.abs(params["decoder.bias"].astype(np.float64)))  # fmt: skip
 
@@ -358,10 +359,7 @@ class AdaptiveSoftmax:
 
         return m._cached("adaptive_rows", build)
 
-    def check_sums(self, params: dict, x_bound: float, check) -> None:
-        def row_l1(name):
-            return np.abs(params[name].astype(np.float64)).sum(axis=1)
-
+    def check_sums(self, params: dict, x_bound: float, check, row_l1) -> None:
         bias = params.get("decoder.head.bias")
         head = row_l1("decoder.head.weight") * x_bound
         check(["decoder.head.weight"], head + (0.0 if bias is None else np.abs(bias)))

@@ -32,7 +32,7 @@ import hashlib
 import numpy as np
 
 from .errors import ConfigError, ParameterError
-from .model import Model
+from .model import Model, _check_sums_fit_float32
 from .modelfile import int8_names, scale_problem
 from .quantize import QMAX, dequantize_rows, quantize_rows
 
@@ -66,9 +66,10 @@ def quantize_model(model: Model, kind: str = "int8") -> QuantizedModel:
 
 
 def check_quantized(config, weights: dict, scales: dict) -> dict[str, np.ndarray]:
-    """Check an int8 model's tensors (names, dtypes, shapes, int8 values in [-127, 127],
-    scales positive and finite) and return the dequantized float32 parameters. Raises
-    ParameterError naming the first defect."""
+    """Check an int8 model's tensors: names, dtypes and shapes, int8 values in -127..127,
+    scales positive and finite, biases finite. Returns the biases as float32 arrays (the
+    matrices are checked where they are, never copied to float). Raises ParameterError
+    naming the first defect."""
     names = int8_names(config)
     extra = [name for name in scales if name not in names]
     if extra:
@@ -77,13 +78,17 @@ def check_quantized(config, weights: dict, scales: dict) -> dict[str, np.ndarray
     unknown = [name for name in weights if name not in shapes]
     if unknown:
         raise ParameterError(f"unexpected parameter(s) {', '.join(map(repr, unknown))}")
-    out = {}
+    biases = {}
     for name, shape in shapes.items():
         if name not in weights:
             raise ParameterError(f"missing parameter {name!r}")
         a = np.asarray(weights[name])
         if name not in names:
-            out[name] = a
+            if a.shape != shape or not np.issubdtype(a.dtype, np.floating):
+                raise ParameterError(f"{name}: float of shape {shape} needed; got {a.dtype}")
+            biases[name] = a = np.array(a, np.float32)
+            if not np.all(np.isfinite(a)):
+                raise ParameterError(f"parameter {name!r} contains NaN or infinity")
             continue
         if a.dtype != np.int8 or a.shape != shape:
             raise ParameterError(
@@ -93,12 +98,30 @@ def check_quantized(config, weights: dict, scales: dict) -> dict[str, np.ndarray
             raise ParameterError(f"{name} holds -128: int8 rows are symmetric, -127..127")
         if name not in scales:
             raise ParameterError(f"missing the scales of {name!r}")
-        s = np.asarray(scales[name])
-        problem = scale_problem(s, shape[0])
+        problem = scale_problem(np.asarray(scales[name]), shape[0])
         if problem:
             raise ParameterError(f"the scales of {name!r}: {problem}")
-        out[name] = dequantize_rows(a, s)
-    return out
+    return biases
+
+
+def _row_l1(weights: dict, scales: dict):
+    """row_l1(name) of the dequantized weights, from q and the scales in float64 (the sums
+    of |q| are exact; each dequantized weight differs from q * s by a float32 rounding,
+    far inside the overflow check's margin)."""
+
+    def row_l1(name):
+        q = np.abs(weights[name].astype(np.int32)).sum(axis=1, dtype=np.int64)
+        return q.astype(np.float64) * scales[name].astype(np.float64)
+
+    return row_l1
+
+
+def _max_abs(weights: dict, scales: dict):
+    def max_abs(name):
+        q = np.abs(weights[name].astype(np.int32)).max(axis=1, initial=0)
+        return float(np.max(q * scales[name].astype(np.float64), initial=0.0))
+
+    return max_abs
 
 
 class QuantizedModel(Model):
@@ -115,17 +138,20 @@ class QuantizedModel(Model):
         vocab=None,
         metadata: dict | None = None,
     ):
-        dequantized = check_quantized(config, weights, scales)
-        # the float32 model's checks (names, shapes, finite values, float32 sums), on the
-        # dequantized weights; its arrays are then dropped, keeping the int8 ones
-        super().__init__(config, dequantized, backend, vocab=vocab, metadata=metadata)
+        # no float32 copy of the weights, not even for a moment: freed, its pages would
+        # stay with the process (the allocator keeps them), and the model would not be 4x
+        # smaller in memory
+        self._init_common(config, backend, vocab, metadata)
+        biases = check_quantized(config, weights, scales)
+        self._recurrent_bounds = _check_sums_fit_float32(
+            config, biases, self._output, _row_l1(weights, scales), _max_abs(weights, scales)
+        )
         k = self._k
         self._params = {
-            name: k.freeze(k.to_device_aligned(weights[name] if name in scales else a))
-            for name, a in self._params.items()
+            name: k.freeze(k.to_device_aligned(biases.get(name, weights[name])))
+            for name in config.parameter_shapes()
         }
         self._scales = {name: k.freeze(k.to_device_aligned(s)) for name, s in scales.items()}
-        self._forward_weights = {}
 
     # ------------------------------------------------------------ what is refused
 
