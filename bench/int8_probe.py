@@ -6,10 +6,10 @@ emitted for the integer loops.
 
     python bench/int8_probe.py
 
-Also the engine's own streaming product (kernels/cpu/_stream.py, on this one thread) on
-float32 and on int8 rows (eight rows at a time), and eight rows widened without vcvtdq2ps
-(an integer add and a float subtract of a magic number instead), with the instructions of
-both int8 loops counted.
+Also the engine's own streaming product (kernels/cpu/_stream.py, its parallel loop on
+one thread) on float32 and on int8 rows (eight rows at a time), the same eight-row loop
+written plainly, and eight rows widened without vcvtdq2ps (an integer add and a float
+subtract of a magic number instead), with the instructions of both loops counted.
 
 Numba types an integer product and sum as int64. Truncating the sum to int32 where it is
 used lets LLVM narrow the whole loop to vpmaddwd (16 products and 8 pairwise sums per
@@ -77,6 +77,28 @@ def _widen(q):
 
 
 @njit(fastmath=True, nogil=True, error_model="numpy")
+def int8_rows8(w, scale, x, out):
+    for g in range(0, w.shape[0] - w.shape[0] % 8, 8):
+        r0, r1, r2, r3 = w[g], w[g + 1], w[g + 2], w[g + 3]
+        r4, r5, r6, r7 = w[g + 4], w[g + 5], w[g + 6], w[g + 7]
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+        for k in range(w.shape[1]):
+            xk = x[k]
+            a0 += np.float32(r0[k]) * xk
+            a1 += np.float32(r1[k]) * xk
+            a2 += np.float32(r2[k]) * xk
+            a3 += np.float32(r3[k]) * xk
+            a4 += np.float32(r4[k]) * xk
+            a5 += np.float32(r5[k]) * xk
+            a6 += np.float32(r6[k]) * xk
+            a7 += np.float32(r7[k]) * xk
+        out[g], out[g + 1], out[g + 2], out[g + 3] = a0, a1, a2, a3
+        out[g + 4], out[g + 5], out[g + 6], out[g + 7] = a4, a5, a6, a7
+        for r in range(g, g + 8):
+            out[r] *= scale[r]
+
+
+@njit(fastmath=True, nogil=True, error_model="numpy")
 def int8_magic_rows8(w, scale, x, out):
     for g in range(0, w.shape[0] - w.shape[0] % 8, 8):
         r0, r1, r2, r3 = w[g], w[g + 1], w[g + 2], w[g + 3]
@@ -111,17 +133,21 @@ def median_us(f, n=300) -> float:
 
 def main() -> None:
     rng = np.random.default_rng(0)
-    from rnnlm_engine.kernels.cpu._stream import _stream_products_serial
+    import numba
 
+    from rnnlm_engine.kernels.cpu._stream import _stream_products
+
+    numba.set_num_threads(1)  # the engine's parallel product, on one thread like the rest
     zero = np.zeros(1 << 14, np.float32)
 
-    def engine(w, s, x, out):  # the engine's streaming product on the calling thread
-        _stream_products_serial(w, s, x[None], zero[: w.shape[0]], out[None])
+    def engine(w, s, x, out):
+        _stream_products(w, s, x[None], zero[: w.shape[0]], out[None])
 
     kernels = {
         "float32": lambda a: f32_rows(a["w"], a["x"], a["out"]),
         "engine f32": lambda a: engine(a["w"], a["s"][:0], a["x"], a["out"]),
-        "engine int8, 8 rows": lambda a: engine(a["wq"], a["s"], a["x"], a["out"]),
+        "engine int8": lambda a: engine(a["wq"], a["s"], a["x"], a["out"]),
+        "int8, 8 rows": lambda a: int8_rows8(a["wq"], a["s"], a["x"], a["out"]),
         "8 rows, no cvt": lambda a: int8_magic_rows8(a["wq"], a["s"], a["x"], a["out"]),
         "int8 w, f32 x": lambda a: int8_weights_f32_vector(a["wq"], a["s"], a["x"], a["out"]),
         "int8 w, int8 x": lambda a: int8_both(a["wq"], a["s"], a["xq"], a["xs"], a["out"]),
@@ -147,12 +173,13 @@ def main() -> None:
         asm = f.inspect_asm(f.signatures[0])
         found = {op: asm.count(op) for op in ("vpmaddwd", "vpdpbusd", "vpmuldq", "vpmulld")}
         print(f"{name}: " + ", ".join(f"{op} x{n}" for op, n in found.items()))
+    import re
+
     ops = ("vpmovsxbd", "vcvtdq2ps", "vpaddd", "vsubps", "vfmadd231ps")
-    for name, f in (("engine int8, 8 rows", _stream_products_serial),
-                    ("8 rows, no cvt", int8_magic_rows8)):  # fmt: skip
-        sig = [s for s in f.signatures if "int8" in str(s[0])][0]
-        asm = f.inspect_asm(sig)
-        print(f"{name}: " + ", ".join(f"{op} x{asm.count(op + ' ')}" for op in ops))
+    for name, f in (("int8, 8 rows", int8_rows8), ("8 rows, no cvt", int8_magic_rows8)):
+        asm = f.inspect_asm(f.signatures[0])
+        found = {op: len(re.findall(rf"\b{op}\b", asm)) for op in ops}
+        print(f"{name}: " + ", ".join(f"{op} x{n}" for op, n in found.items()))
 
 
 if __name__ == "__main__":
