@@ -37,6 +37,7 @@ import lzma
 import math
 import time
 import zlib
+from array import array
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -250,20 +251,20 @@ def score_shard(model, path, out_dir, options: Options) -> ShardResult:
     out = Path(out_dir) / output_name(path)
     result = ShardResult(str(path), str(out))
     skips = Skips()
-    ppls: list[float] = []
+    ppls = array("d")  # 8 bytes a document
     try:
         write_atomically(str(out), _output_lines(model, path, options, result, skips, ppls))
     except _Corrupt as e:
         if not options.skip_bad:
             raise InputError(f"{e} (pass --skip-bad to skip the shard and go on)") from None
         result = ShardResult(str(path), None, skipped=1, problems=[str(e)])
-        skips, ppls = Skips(), []
+        skips, ppls = Skips(), array("d")
     except ModelFileError as e:  # write_atomically's error for an unwritable output
         raise InputError(str(e).replace("cannot save", "cannot write")) from None
     result.skipped += skips.count
     result.problems += skips.first
     if options.wants_perplexities:
-        result.perplexities = np.array(ppls, np.float64)
+        result.perplexities = np.frombuffer(ppls, np.float64).copy()
     result.seconds = time.perf_counter() - t0
     return result
 
