@@ -167,7 +167,7 @@ _CORRUPT = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 class _Corrupt(Exception):
-    """The shard cannot be read past this point."""
+    """The shard cannot be opened, or read past some point."""
 
 
 class Skips:
@@ -193,7 +193,7 @@ def documents(path, options: Options, skips: Skips) -> Iterator[tuple[int, str, 
     try:
         f = _open(path)
     except OSError as e:
-        raise InputError(f"{path}: cannot open: {e.strerror or e}") from None
+        raise _Corrupt(f"{path}: cannot open: {e.strerror or e}") from None
     with f:
         n = 0
         while True:

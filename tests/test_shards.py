@@ -151,6 +151,9 @@ def test_a_corrupt_compressed_shard(tmp_path, model):
     result = sh.score_files(model, [good, bad], tmp_path / "out2", sh.Options(skip_bad=True))
     assert result.shards[1].output is None and result.shards[1].skipped == 1
     assert result.documents == 20 and not (tmp_path / "out2" / "shard1.txt.gz.jsonl").exists()
+    bad.write_bytes(b"\x00" * 50)  # not gzip at all
+    with pytest.raises(InputError, match=r"shard1.txt.gz: unreadable after record 0"):
+        sh.score_files(model, [good, bad], tmp_path / "out3", sh.Options())
 
 
 def test_the_command_line(tmp_path, model, capsys):
