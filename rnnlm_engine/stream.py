@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from . import streaming
+from . import sampling, streaming
 from .errors import InputError, VocabularyError
 from .snapshot import DEFAULT_MAX_SNAPSHOT_TOKENS, Snapshot
 from .state import State
@@ -292,11 +292,11 @@ class Stream:
         top_p keeps the fewest likeliest tokens whose probabilities sum to at least p.
         seed: an int or a numpy Generator for reproducible draws (default: the stream's
         own generator)."""
-        rng = _generator(seed, self._rng)
-        _check_sampling(temperature, top_k, top_p)
+        rng = sampling.generator(seed, self._rng)
+        sampling.check_sampling(temperature, top_k, top_p)
         if self._in_parts(temperature, top_k, top_p):
             return self._name(self._draw_in_parts(rng))
-        return self._name(_draw(self._current(), temperature, top_k, top_p, rng))
+        return self._name(sampling.draw(self._current(), temperature, top_k, top_p, rng))
 
     def _in_parts(self, temperature, top_k, top_p) -> bool:
         """Whether a draw goes cluster first, then word (an adaptive softmax, plain
@@ -321,12 +321,12 @@ class Stream:
             head = np.concatenate([lp[:S], clusters])
         else:
             head, _ = self._parts([])
-        j = _inverse_cdf(head, rng)
+        j = sampling.inverse_cdf(head, rng)
         if j < S:
             return j
         low, high = out.clusters[j - S]
         words = lp if self._top is None else self._parts([j - S])[1]
-        return low + _inverse_cdf(words[low:high], rng)
+        return low + sampling.inverse_cdf(words[low:high], rng)
 
     def generate(
         self,
@@ -342,16 +342,16 @@ class Stream:
         produced, feeding each back. stop: a string (or list of them); generation ends
         once the generated text ends with one (text models). The same seed, prompt and
         state give the same tokens."""
-        rng = _generator(seed, self._rng)
+        rng = sampling.generator(seed, self._rng)
         if isinstance(stop, str):
             stop = [stop]
-        _check_sampling(temperature, top_k, top_p)
+        sampling.check_sampling(temperature, top_k, top_p)
         if prompt is not None and not (isinstance(prompt, str) and prompt == ""):
             self.feed(prompt)
         if not self._predicts():
             self._current()  # raises: nothing to predict from yet
         generated: list[int] = []
-        device = _device_sampler(self._model._k)
+        device = sampling.device_sampler(self._model._k)
         parts = self._in_parts(temperature, top_k, top_p)
         for _ in range(int(max_tokens)):
             if parts:  # the head and the drawn cluster; the next step without the rest
@@ -359,7 +359,8 @@ class Stream:
                 self._push(np.array([i], np.int64))
             else:
                 if device is None:
-                    i = _draw(self._current(), temperature, top_k, top_p, rng)  # checked above
+                    # (the arguments were checked above)
+                    i = sampling.draw(self._current(), temperature, top_k, top_p, rng)
                 else:
                     i = device(self._logprobs, temperature, top_k, top_p, rng)
                 self._advance(np.array([i], np.int64), to_host=device is None)
@@ -371,70 +372,6 @@ class Stream:
                 text = self._vocab.decode(np.array(generated, np.int64))
                 if any(text.rstrip("\n").endswith(s) or text.endswith(s) for s in stop):
                     return
-
-
-def _generator(seed, default):
-    if seed is None:
-        return default
-    if isinstance(seed, np.random.Generator):
-        return seed
-    return np.random.default_rng(seed)
-
-
-def _check_sampling(temperature, top_k, top_p) -> None:
-    if not temperature > 0:
-        raise InputError(f"temperature must be positive; got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or int(top_k) < 1):
-        raise InputError(f"top_k must be a positive integer; got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise InputError(f"top_p must be in (0, 1]; got {top_p!r}")
-
-
-def _device_sampler(k):
-    """For a backend that samples where its arrays are (cuda), a function drawing one id
-    from a (V,) device array with one uniform from rng, copying back only the id; None for
-    the CPU, whose draws are sample_id's."""
-    if not hasattr(k, "sample"):
-        return None
-
-    def draw(logprobs, temperature, top_k, top_p, rng) -> int:
-        if isinstance(logprobs, np.ndarray):  # a prompt fed through feed() left it here
-            logprobs = k.to_device(logprobs)
-        out = k.empty((1,), np.int64)
-        u = k.to_device(np.array([rng.random()]))
-        V = logprobs.shape[0]
-        k_limit = min(int(top_k), V) if top_k is not None else 0  # 0: no limit
-        k.sample(logprobs.reshape(1, V), temperature, k_limit, top_p or 1.0, u, out)
-        return int(k.to_host(out)[0])
-
-    return draw
-
-
-def sample_id(logprobs: np.ndarray, temperature, top_k, top_p, rng) -> int:
-    """One draw from softmax(logprobs / temperature), restricted by top_k and top_p."""
-    _check_sampling(temperature, top_k, top_p)
-    return _draw(logprobs, temperature, top_k, top_p, rng)
-
-
-def _inverse_cdf(logprobs: np.ndarray, rng) -> int:
-    """One draw from softmax(logprobs) by the inverse of its cumulative distribution."""
-    z = logprobs.astype(np.float64)
-    c = np.cumsum(np.exp(z - z.max()))
-    return min(int(np.searchsorted(c, rng.random() * c[-1], side="right")), len(c) - 1)
-
-
-def _draw(logprobs: np.ndarray, temperature, top_k, top_p, rng) -> int:
-    """sample_id without the checks of its arguments (generate checks them once)."""
-    z = logprobs.astype(np.float64) / temperature
-    order = np.argsort(-z, kind="stable")
-    if top_k is not None:
-        order = order[: int(top_k)]
-    p = np.exp(z[order] - z[order[0]])
-    p /= p.sum()
-    if top_p is not None:
-        keep = int(np.searchsorted(np.cumsum(p), top_p) + 1)
-        order, p = order[:keep], p[:keep] / p[:keep].sum()
-    return int(order[rng.choice(len(order), p=p)])
 
 
 class StreamBatch:

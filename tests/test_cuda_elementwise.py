@@ -344,7 +344,7 @@ def test_set_block_size_checks_power_of_two():
 
 def reference_draws(logprobs, temperature, top_k, top_p, u, tol=CDF_TOL):
     """(exact, acceptable): the float64 reference's draw for one row (the rule of
-    rnnlm_engine.stream.sample_id with rng.choice's inverse CDF, given u) and the set of
+    rnnlm_engine.sampling.sample_id with rng.choice's inverse CDF, given u) and the set of
     ids a kernel may return when u or top_p lie within tol of a boundary."""
     z = logprobs.astype(np.float64) / temperature
     order = np.argsort(-z, kind="stable")
