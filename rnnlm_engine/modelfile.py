@@ -39,6 +39,7 @@ from .atomic import write_atomically
 from .config import ModelConfig
 from .errors import ConfigError, ModelFileError, ParameterError, VocabularyError
 from .msgpack_size import unpacked_size
+from .quantize import int8_names, minus_128, scale_problem
 
 FORMAT_NAME = "rnnlm-engine model"
 # (major, minor): the newest this engine reads and writes; a newer major is refused, a
@@ -244,16 +245,11 @@ def save(
     write_atomically(target, _with_digest(_file_pieces(header_bytes, pieces, end)))
 
 
-def int8_names(config: ModelConfig) -> list[str]:
-    """The parameters an int8 model stores as int8: its matrices (rnnlm_engine.quantized)."""
-    return [name for name, shape in config.parameter_shapes().items() if len(shape) == 2]
-
-
 def _int8(value, label: str) -> np.ndarray:
     if not isinstance(value, np.ndarray) or value.dtype != np.int8:
         raise ParameterError(f"{label}: an int8 model's matrices are int8 arrays; got "
                              f"{getattr(value, 'dtype', type(value).__name__)}")  # fmt: skip
-    if value.size and int(value.min()) < -127:
+    if minus_128(value) is not None:
         raise ParameterError(f"{label} holds -128: int8 rows are symmetric, -127..127")
     return np.ascontiguousarray(value)
 
@@ -277,17 +273,6 @@ def _prepare_scales(scales, shapes: dict, int8: list[str]) -> dict[str, np.ndarr
             raise ParameterError(f"the scales of {name!r}: {problem}")
         out[name] = np.ascontiguousarray(a)
     return out
-
-
-def scale_problem(s: np.ndarray, rows: int) -> str | None:
-    """What is wrong with an int8 matrix's scales (float32 (rows,), each positive and
-    finite), or None."""
-    if s.dtype != np.float32 or s.shape != (rows,):
-        return f"float32 of shape ({rows},) needed; got {s.dtype} {s.shape}"
-    bad = np.flatnonzero(~(np.isfinite(s) & (s > 0)))
-    if bad.size:
-        return f"scale {s[bad[0]]} at row {bad[0]}; every scale is positive and finite"
-    return None
 
 
 def _float32(value, label: str) -> np.ndarray:
@@ -888,8 +873,8 @@ def _array(shown, blob: bytes, data_start: int, label: str, span) -> np.ndarray:
     if dtype == INT8:
         a = np.frombuffer(blob, np.int8, nbytes, data_start + offset).reshape(shape)
         a.flags.writeable = False
-        if a.size and int(a.min()) < -127:
-            where = tuple(int(i) for i in np.unravel_index(int(np.argmin(a)), shape))
+        where = minus_128(a)
+        if where is not None:
             raise _error(
                 shown, f"{label} holds -128 at index {where}; int8 rows are symmetric, -127..127"
             )

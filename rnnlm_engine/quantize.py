@@ -1,4 +1,5 @@
-"""int8 weights with one float32 scale per row (issue 13's storage, its first step).
+"""int8 weights with one float32 scale per row: the arithmetic of int8 models
+(rnnlm_engine/quantized.py) and the checks of their tensors (model files, the model).
 
 Symmetric and round to nearest: a row w becomes q = rint(w / s) in [-127, 127] with
 s = max |w| / 127, and stands for q * s. A row of zeros gets s = 1 (q = 0 is exact), and
@@ -41,3 +42,31 @@ def dequantize_rows(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     q * scale, one correctly rounded float32 product each (the exact product needs up to
     31 bits: 7 of q's, 24 of the scale's)."""
     return q.astype(np.float32) * scale.astype(np.float32)[:, None]
+
+
+# ---------------------------------------------------------------------- int8 models' tensors
+# (what a model file, a QuantizedModel and the writer of either check)
+
+
+def int8_names(config) -> list[str]:
+    """The parameters an int8 model stores as int8 rows: its matrices (2-D); the biases
+    (1-D) stay float32."""
+    return [name for name, shape in config.parameter_shapes().items() if len(shape) == 2]
+
+
+def minus_128(q: np.ndarray) -> tuple[int, ...] | None:
+    """The index of a -128 in int8 rows q (outside the symmetric range), or None."""
+    if q.size == 0 or int(q.min()) >= -QMAX:
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmin(q)), q.shape))
+
+
+def scale_problem(s: np.ndarray, rows: int) -> str | None:
+    """What is wrong with an int8 matrix's scales (float32 (rows,), each positive and
+    finite), or None."""
+    if s.dtype != np.float32 or s.shape != (rows,):
+        return f"float32 of shape ({rows},) needed; got {s.dtype} {s.shape}"
+    bad = np.flatnonzero(~(np.isfinite(s) & (s > 0)))
+    if bad.size:
+        return f"scale {s[bad[0]]} at row {bad[0]}; every scale is positive and finite"
+    return None

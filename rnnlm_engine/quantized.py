@@ -27,14 +27,12 @@ then quantize it.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from .errors import ConfigError, ParameterError
-from .model import Model, _check_sums_fit_float32
-from .modelfile import int8_names, scale_problem
-from .quantize import QMAX, dequantize_rows, quantize_rows
+from .model import Model
+from .params import check_sums_fit_float32
+from .quantize import dequantize_rows, int8_names, minus_128, quantize_rows, scale_problem
 
 KINDS = ("int8",)
 _INFERENCE_ONLY = (
@@ -94,7 +92,7 @@ def check_quantized(config, weights: dict, scales: dict) -> dict[str, np.ndarray
             raise ParameterError(
                 f"{name}: int8 rows of shape {shape} needed; got {a.dtype} {a.shape}"
             )
-        if a.size and int(a.min()) < -QMAX:
+        if minus_128(a) is not None:
             raise ParameterError(f"{name} holds -128: int8 rows are symmetric, -127..127")
         if name not in scales:
             raise ParameterError(f"missing the scales of {name!r}")
@@ -143,7 +141,7 @@ class QuantizedModel(Model):
         # smaller in memory
         self._init_common(config, backend, vocab, metadata)
         biases = check_quantized(config, weights, scales)
-        self._recurrent_bounds = _check_sums_fit_float32(
+        self._recurrent_bounds = check_sums_fit_float32(
             config, biases, self._output, _row_l1(weights, scales), _max_abs(weights, scales)
         )
         k = self._k
@@ -204,27 +202,14 @@ class QuantizedModel(Model):
     def nbytes(self) -> int:
         return super().nbytes() + sum(s.nbytes for s in self._scales.values())
 
-    def fingerprint(self) -> str:
-        def build():
-            h = hashlib.sha256(repr(sorted(self._config.to_dict().items())).encode())
-            h.update(b"int8")
-            weights, scales = self.int8_tensors()
-            for name in sorted(weights):
-                h.update(name.encode())
-                h.update(np.ascontiguousarray(weights[name]).tobytes())
-                if name in scales:
-                    h.update(np.ascontiguousarray(scales[name]).tobytes())
-            return h.hexdigest()[:32]
-
-        return self._cached("fingerprint", build)
-
     def __repr__(self) -> str:
         return super().__repr__().replace("Model(", "QuantizedModel(int8, ", 1)
 
     # ---------------------------------------------- hooks the streaming path reads
 
     def _scale(self, name: str):
-        return self._scales[name]
+        s = self._scales.get(name)
+        return super()._scale(name) if s is None else s  # a bias has none
 
     def _dequantized(self, name: str):
         if name not in self._scales:

@@ -90,9 +90,8 @@ def _build_stream_args(model) -> tuple:
     the kernel computes the output)."""
     k, c = model._k, model.config
     w = streaming_weights(model)
-    order = _ORDER
     residual = k.to_device(np.array(c.residual_layers, np.uint8))
-    return k.STREAM_CELLS[c.cell], residual, tuple(w[name] for name in order if name in w)
+    return k.STREAM_CELLS[c.cell], residual, tuple(w[name] for name in _ORDER if name in w)
 
 
 def _build_stream_scratch(model, N: int) -> tuple:

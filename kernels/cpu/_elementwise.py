@@ -89,42 +89,48 @@ def _sum_exp(row, bias, m, store):
     return s + np.float64(c)
 
 
-@njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
-def row_max(logits, bias, out):
-    """out (N,) = max over each row of logits (N, V) + bias (V,), computed with eight
-    independent running maxima.
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy", inline="always")
+def _at(row, bias, j):
+    return row[j] if bias is None else row[j] + bias[j]
+
+
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy", inline="always")
+def _max8(row, bias, m):
+    """max(m, max over j of row[j] + bias[j]) for row, bias (V,) (bias None: no bias),
+    with eight independent running maxima.
 
     LLVM does not vectorize a float max reduction from Numba (no function-level no-NaN
     attribute), so a plain loop runs one element at a time: 4.3 ms per 7M elements; the
-    eight interleaved chains let the SLP vectorizer use one vector max: 2.0 ms.
+    eight interleaved chains let the SLP vectorizer use one vector max: 2.0 ms (10000
+    elements: 1.7 us instead of 6).
     """
+    V = row.shape[0]
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = m
+    J = V - V % 8
+    for j in range(0, J, 8):
+        v0, v1 = _at(row, bias, j), _at(row, bias, j + 1)
+        v2, v3 = _at(row, bias, j + 2), _at(row, bias, j + 3)
+        v4, v5 = _at(row, bias, j + 4), _at(row, bias, j + 5)
+        v6, v7 = _at(row, bias, j + 6), _at(row, bias, j + 7)
+        m0 = v0 if v0 > m0 else m0
+        m1 = v1 if v1 > m1 else m1
+        m2 = v2 if v2 > m2 else m2
+        m3 = v3 if v3 > m3 else m3
+        m4 = v4 if v4 > m4 else m4
+        m5 = v5 if v5 > m5 else m5
+        m6 = v6 if v6 > m6 else m6
+        m7 = v7 if v7 > m7 else m7
+    m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    for j in range(J, V):
+        m = max(m, _at(row, bias, j))
+    return m
+
+
+@njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
+def row_max(logits, bias, out):
+    """out (N,) = max over each row of logits (N, V) + bias (V,) (see _max8)."""
     for n in range(logits.shape[0]):
-        row = logits[n]
-        V = row.shape[0]
-        lo = np.float32(-3.0e38)
-        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = lo
-        J = V - V % 8
-        for j in range(0, J, 8):
-            v0 = row[j] + bias[j]
-            v1 = row[j + 1] + bias[j + 1]
-            v2 = row[j + 2] + bias[j + 2]
-            v3 = row[j + 3] + bias[j + 3]
-            v4 = row[j + 4] + bias[j + 4]
-            v5 = row[j + 5] + bias[j + 5]
-            v6 = row[j + 6] + bias[j + 6]
-            v7 = row[j + 7] + bias[j + 7]
-            m0 = v0 if v0 > m0 else m0
-            m1 = v1 if v1 > m1 else m1
-            m2 = v2 if v2 > m2 else m2
-            m3 = v3 if v3 > m3 else m3
-            m4 = v4 if v4 > m4 else m4
-            m5 = v5 if v5 > m5 else m5
-            m6 = v6 if v6 > m6 else m6
-            m7 = v7 if v7 > m7 else m7
-        m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
-        for j in range(J, V):
-            m = max(m, row[j] + bias[j])
-        out[n] = m
+        out[n] = _max8(logits[n], bias, np.float32(-3.0e38))
 
 
 @njit(fastmath=True, nogil=True, cache=True, error_model="numpy")
