@@ -751,7 +751,9 @@ def test_max_bytes(tmp_path, base):
 def test_header_size_cap(tmp_path, base, monkeypatch):
     path = write(tmp_path, base)
     header_len = struct.unpack_from("<Q", base, 8)[0]
-    monkeypatch.setattr(modelfile, "MAX_HEADER_BYTES", header_len - 1)
+    # the reader and the writer each hold the limit
+    monkeypatch.setattr(modelfile.read, "MAX_HEADER_BYTES", header_len - 1)
+    monkeypatch.setattr(modelfile.write, "MAX_HEADER_BYTES", header_len - 1)
     expect_error(path, f"header length {header_len} is outside 1..{header_len - 1}")
     with pytest.raises(ModelFileError, match="more than the format's limit"):
         save(tmp_path / "new", **base_kwargs())
@@ -1198,7 +1200,7 @@ def test_counted_header_memory_bounds_what_unpacking_takes(value):
     n, blob = len(packed), b"\0" * 24 + packed
     counted = msgpack_size.unpacked_size(blob, 24, 24 + n, 1 << 62)
     for _ in range(2):  # the second: a first call can allocate caches
-        peak, _ = peak_bytes(lambda: modelfile._unpack_header("f", blob, n))
+        peak, _ = peak_bytes(lambda: modelfile.read._unpack_header("f", blob, n))
     assert peak <= counted + 4096, (peak, counted, n)
 
 
@@ -1216,7 +1218,7 @@ def test_counting_follows_unpacking_to_its_limits(header, fails):
     fails, and the error is the usual one."""
     n = len(header)
     counted = msgpack_size.unpacked_size(header, 0, n, 1 << 62)
-    peak, result = peak_bytes(lambda: modelfile._unpack_header("f", b"\0" * 24 + header, n))
+    peak, result = peak_bytes(lambda: modelfile.read._unpack_header("f", b"\0" * 24 + header, n))
     assert peak <= counted + 4096
     assert isinstance(result, ModelFileError) == fails
     if fails:
