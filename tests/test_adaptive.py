@@ -230,15 +230,15 @@ def test_an_adaptive_model_file_round_trips_and_old_readers_refuse_it(tmp_path):
     info = modelfile.read_info(tmp_path / "m.rnnlm")
     assert info["features"] == ["adaptive"] and tuple(info["version"]) == (2, 0)
     # a reader that knows only "residual" (as the engine before this) refuses the file
-    import rnnlm_engine.modelfile as mf
+    from rnnlm_engine.modelfile import read as reader
 
-    old = mf.FEATURES
+    old = reader.FEATURES  # what the reader knows
     try:
-        mf.FEATURES = ("residual",)
+        reader.FEATURES = ("residual",)
         with pytest.raises(ModelFileError, match="needs 'adaptive'.*upgrade"):
             load(tmp_path / "m.rnnlm")
     finally:
-        mf.FEATURES = old
+        reader.FEATURES = old
 
 
 def test_streams_of_an_adaptive_model_predict_what_the_oracle_does():
