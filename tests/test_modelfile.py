@@ -379,6 +379,7 @@ def test_a_residual_model_is_a_format_2_file_that_lists_it(tmp_path):
         ([(("features",), DELETE)], "'features' is None, not a list of names"),
         ([(("features",), "residual")], "'features' is 'residual', not a list"),
         ([(("features",), [1])], "not a list of names"),
+        ([(("features",), ["residual", "residual"])], "lists 'residual' more than once"),
         ([(("config", "residual"), False)], "lists 'residual' but the config needs none"),
         ([(("config", "residual"), 1)], "residual is 1, not a bool"),
         ([(("version",), [1, 0]), (("features",), DELETE)], "a format 1.x file cannot hold"),
@@ -967,6 +968,7 @@ def test_damaged_int8_headers_are_refused(tmp_path, int8_base):
     refused(lambda h: h.update(features=["adaptive"]), "corrupt")  # read as float32
     refused(lambda h: h.update(training={"tensors": {}, "values": {}}), "holds no training state")
     refused(lambda h: h.update(version=[1, 0]), "format 1.x file cannot hold")
+    refused(lambda h: h.update(features=["adaptive", "int8", "int8"]), "'int8' more than once")
 
 
 def test_an_int8_value_of_minus_128_is_refused(tmp_path, int8_base):

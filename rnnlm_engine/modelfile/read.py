@@ -363,6 +363,9 @@ def _check_features(shown: str, header: dict, version: tuple[int, int], config) 
         and all(isinstance(f, str) and len(f) <= 64 for f in listed)
     ):
         raise _error(shown, f"corrupt header: 'features' is {short(listed)}, not a list of names")
+    twice = sorted({f for f in listed if listed.count(f) > 1})
+    if twice:
+        raise _error(shown, f"corrupt header: 'features' lists {names(twice)} more than once")
     unknown = [f for f in listed if f not in FEATURES]
     if unknown:
         raise _error(
