@@ -92,6 +92,7 @@ def attribution(
 ) -> Attribution:
     """The contribution of each token before `position` (an index into the text's tokens,
     1 <= position < len) to log p(token at position); see the module docstring."""
+    model = model._batch_model()
     ids = _token_ids(model, text_or_ids)
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -129,6 +130,7 @@ def attributions(model, ids: np.ndarray, window: int, states: State | None = Non
     it: a list of T arrays (the first empty), batched many positions per pass. states:
     optionally the states after each token, (L, T, H) h and c (a trace's), to spare the
     forward over the text."""
+    model = model._batch_model()
     ids = np.asarray(ids, np.int64)
     T = len(ids)
     out: list[np.ndarray] = [np.zeros(0)] * T
@@ -156,6 +158,7 @@ def attributions(model, ids: np.ndarray, window: int, states: State | None = Non
 def gradient_by_lag(model, text_or_ids, max_lag: int = 50, positions: int = 500) -> LagProfile:
     """The mean gradient norm on each layer's state by lag (see the module docstring),
     over up to `positions` positions of the text spread evenly from max_lag + 1 on."""
+    model = model._batch_model()
     ids = _token_ids(model, text_or_ids)
     max_lag = _count(max_lag, "max_lag", None, minimum=0)
     positions = _count(positions, "positions", None, minimum=1)
@@ -183,6 +186,7 @@ def gradient_by_lag(model, text_or_ids, max_lag: int = 50, positions: int = 500)
 def singular_values(model) -> dict:
     """{layer: {"all": s, gate: s, ...}}: the largest singular value of rnn.weight_hh_l{k}
     and of each gate's (H, H) block of it (lstm i f g o; gru r z n)."""
+    model = model._batch_model()
     k, c = model._k, model.config
     H = c.hidden_size
     out = {}

@@ -308,6 +308,7 @@ def _describe(model) -> str:
     c = model.config
     kind = model.vocab.kind if model.vocab is not None else "id"
     extras = (", tied" if c.tied else "") + (", residual" if c.residual else "")
+    extras += ", int8 weights" if model.weight_storage == "int8" else ""
     return (
         f"{c.cell} {c.num_layers} x {c.hidden_size} (embedding {c.emb_size}), "
         f"{kind} vocabulary of {c.vocab_size:,}{extras}"

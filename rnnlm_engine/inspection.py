@@ -83,6 +83,7 @@ def trace(model, text_or_ids, top_k: int = 5, layers=None, units=None, chunk: in
     it). Raises InputError naming what is wrong."""
     from .state import Saved as _Saved
 
+    model = model._batch_model()
     c = model.config
     ids = _token_ids(model, text_or_ids)
     top_k = min(_count(top_k, "top_k", None), c.vocab_size)  # (a small vocabulary has fewer)

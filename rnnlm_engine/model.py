@@ -246,6 +246,13 @@ class Model:
             raise ParameterError("the weights contain NaN or infinity")
         self._recurrent_bounds = check_sums_fit_float32(self._config, host, self._output)
 
+    def _batch_model(self) -> Model:
+        """The model whose float32 parameters batch passes and the inspection tools
+        (trace, attributions, gradients by lag) read: this one; a QuantizedModel's float32
+        model of its dequantized weights. Code outside this class that reads _params,
+        _output or the layers' passes asks for it first."""
+        return self
+
     def release_workspace(self) -> None:
         """Free the work arrays this model keeps for the calling thread."""
         self._ws.arrays.clear()

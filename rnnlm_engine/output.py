@@ -26,6 +26,8 @@ The contract, top (N, H) float32 on the backend, targets (N,) int64:
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from .errors import ConfigError
@@ -56,7 +58,10 @@ class FullSoftmax:
     reads_parts = False
 
     def __init__(self, model) -> None:
-        self._m = model
+        # a proxy: the model owns its output, and a strong reference back would make a
+        # cycle that only the cyclic garbage collector frees (a dropped model's weights
+        # would stay until it runs)
+        self._m = weakref.proxy(model)
         c = model.config
         self.weight_name = "encoder.weight" if c.tied else "decoder.weight"
 
@@ -187,7 +192,7 @@ class AdaptiveSoftmax:
     reads_parts = True
 
     def __init__(self, model) -> None:
-        self._m = model
+        self._m = weakref.proxy(model)  # as FullSoftmax's
         c = model.config
         self.shortlist = c.cutoffs[0]
         bounds = [*c.cutoffs, c.vocab_size]

@@ -17,6 +17,7 @@ import numpy as np
 from .errors import ParameterError
 
 QMAX = 127  # -128 is never used: the range stays symmetric
+BLOCK_ELEMENTS = 1 << 18  # elements of a matrix per pass (row_blocks)
 
 
 def quantize_rows(w: np.ndarray, name: str = "weight") -> tuple[np.ndarray, np.ndarray]:
@@ -24,17 +25,56 @@ def quantize_rows(w: np.ndarray, name: str = "weight") -> tuple[np.ndarray, np.n
     w = np.asarray(w)
     if w.ndim != 2 or not np.issubdtype(w.dtype, np.floating):
         raise ParameterError(f"{name}: int8 rows need a 2-D float array; got {w.dtype} {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise ParameterError(f"{name} contains NaN or infinity: it cannot be quantized")
-    w64 = w.astype(np.float64)
+    q = np.empty(w.shape, np.int8)
+    scale = np.empty(w.shape[0], np.float32)
+    for rows in row_blocks(w.shape):  # float64 temporaries of a block at a time
+        block = w[rows].astype(np.float64)
+        if not np.all(np.isfinite(block)):
+            raise ParameterError(f"{name} contains NaN or infinity: it cannot be quantized")
+        q[rows], scale[rows] = _quantize_block(block)
+    return q, scale
+
+
+def _quantize_block(w64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     peak = np.abs(w64).max(axis=1, initial=0.0)
     scale = np.where(peak > 0, peak / QMAX, 1.0).astype(np.float32)
     # a row of subnormals whose scale would round to 0 takes the smallest subnormal: its
     # weights are then exact multiples of the scale (|q| < 127 there)
     scale = np.maximum(scale, np.finfo(np.float32).smallest_subnormal)
+    # a subnormal scale rounded down (it has few bits) would put the peak at 128 or more
+    # steps, and the clip would cut it: the next float32 up holds it (a normal scale is
+    # within 2^-24 of peak / 127, so its peak always rounds to 127)
+    low = peak / scale.astype(np.float64) >= QMAX + 0.5
+    scale[low] = np.nextafter(scale[low], np.float32(np.inf))
     # divide by the float32 scale that is stored, so that q * scale is what rounds
     q = np.rint(w64 / scale.astype(np.float64)[:, None])
     return np.clip(q, -QMAX, QMAX).astype(np.int8), scale
+
+
+def row_blocks(shape: tuple[int, int]):
+    """Slices of the rows of a (R, C) matrix, about BLOCK_ELEMENTS elements each: passes
+    over a block at a time bound their temporaries (a whole matrix's float64 or int32
+    copies would take 2-8x its float32 bytes)."""
+    rows, cols = shape
+    step = max(1, BLOCK_ELEMENTS // max(cols, 1))
+    for r0 in range(0, rows, step):
+        yield slice(r0, min(rows, r0 + step))
+
+
+def row_abs_sums(q: np.ndarray) -> np.ndarray:
+    """sum |q| over each row of int8 rows q without -128, as int64 (R,)."""
+    out = np.empty(q.shape[0], np.int64)
+    for rows in row_blocks(q.shape):
+        out[rows] = np.abs(q[rows]).sum(axis=1, dtype=np.int64)  # |q| <= 127: int8 holds it
+    return out
+
+
+def row_abs_max(q: np.ndarray) -> np.ndarray:
+    """max |q| of each row of int8 rows q without -128 (0 for an empty row), int64 (R,)."""
+    out = np.empty(q.shape[0], np.int64)
+    for rows in row_blocks(q.shape):
+        out[rows] = np.abs(q[rows]).max(axis=1, initial=0)
+    return out
 
 
 def dequantize_rows(q: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -32,7 +32,15 @@ import numpy as np
 from .errors import ConfigError, ParameterError
 from .model import Model
 from .params import check_sums_fit_float32
-from .quantize import dequantize_rows, int8_names, minus_128, quantize_rows, scale_problem
+from .quantize import (
+    dequantize_rows,
+    int8_names,
+    minus_128,
+    quantize_rows,
+    row_abs_max,
+    row_abs_sums,
+    scale_problem,
+)
 
 KINDS = ("int8",)
 _INFERENCE_ONLY = (
@@ -83,7 +91,9 @@ def check_quantized(config, weights: dict, scales: dict) -> dict[str, np.ndarray
         a = np.asarray(weights[name])
         if name not in names:
             if a.shape != shape or not np.issubdtype(a.dtype, np.floating):
-                raise ParameterError(f"{name}: float of shape {shape} needed; got {a.dtype}")
+                raise ParameterError(
+                    f"{name}: float of shape {shape} needed; got {a.dtype} {a.shape}"
+                )
             biases[name] = a = np.array(a, np.float32)
             if not np.all(np.isfinite(a)):
                 raise ParameterError(f"parameter {name!r} contains NaN or infinity")
@@ -108,15 +118,14 @@ def _row_l1(weights: dict, scales: dict):
     far inside the overflow check's margin)."""
 
     def row_l1(name):
-        q = np.abs(weights[name].astype(np.int32)).sum(axis=1, dtype=np.int64)
-        return q.astype(np.float64) * scales[name].astype(np.float64)
+        return row_abs_sums(weights[name]).astype(np.float64) * scales[name].astype(np.float64)
 
     return row_l1
 
 
 def _max_abs(weights: dict, scales: dict):
     def max_abs(name):
-        q = np.abs(weights[name].astype(np.int32)).max(axis=1, initial=0)
+        q = row_abs_max(weights[name])
         return float(np.max(q * scales[name].astype(np.float64), initial=0.0))
 
     return max_abs
@@ -145,11 +154,18 @@ class QuantizedModel(Model):
             config, biases, self._output, _row_l1(weights, scales), _max_abs(weights, scales)
         )
         k = self._k
+        # copies: the model is immutable, and the caller keeps the arrays it gave (the
+        # biases are already check_quantized's)
         self._params = {
-            name: k.freeze(k.to_device_aligned(biases.get(name, weights[name])))
+            name: k.freeze(
+                k.to_device_aligned(biases[name]) if name in biases
+                else k.to_device_aligned(weights[name], copy=True)
+            )
             for name in config.parameter_shapes()
+        }  # fmt: skip
+        self._scales = {
+            name: k.freeze(k.to_device_aligned(s, copy=True)) for name, s in scales.items()
         }
-        self._scales = {name: k.freeze(k.to_device_aligned(s)) for name, s in scales.items()}
 
     # ------------------------------------------------------------ what is refused
 
@@ -176,7 +192,8 @@ class QuantizedModel(Model):
         )  # fmt: skip
 
     def int8_tensors(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """(name -> host array: int8 matrices and float32 biases, name -> scales (rows,))."""
+        """(name -> host array: int8 matrices and float32 biases, name -> scales (rows,)):
+        read-only, the model's own on the CPU (np.array(...) gives a writable copy)."""
         k = self._k
         return (
             {name: k.to_host(a) for name, a in self._params.items()},
@@ -239,6 +256,9 @@ class QuantizedModel(Model):
         on first use, kept until release_workspace)."""
         return self._cached("float_model", self.dequantize)
 
+    def _batch_model(self) -> Model:
+        return self._float()
+
     def release_workspace(self) -> None:
         """Free the calling thread's work arrays and the float32 model of batch passes."""
         super().release_workspace()
@@ -257,11 +277,4 @@ class QuantizedModel(Model):
     def score(self, text_lines_or_path, *args, **kwargs):
         return self._float().score(text_lines_or_path, *args, **kwargs)
 
-    def trace(self, *args, **kwargs):
-        return self._float().trace(*args, **kwargs)
-
-    def attribution(self, *args, **kwargs):
-        return self._float().attribution(*args, **kwargs)
-
-    def gradient_by_lag(self, *args, **kwargs):
-        return self._float().gradient_by_lag(*args, **kwargs)
+    # trace, attribution and gradient_by_lag: their modules ask for _batch_model()

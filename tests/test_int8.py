@@ -14,6 +14,8 @@ streaming tests (test_cuda_stream), with the same normwise measure and floor of 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -304,3 +306,141 @@ def test_bad_int8_weights_are_refused_before_a_kernel_sees_them():
     ]:
         with pytest.raises(ParameterError, match=match):
             QuantizedModel(m.config, w, s)
+
+
+# ---------------------------------------------------------------------- review findings
+
+
+def test_inspection_of_an_int8_model_is_the_dequantized_models():
+    """Traces, attributions, gradients by lag, singular values and the diagnosis read the
+    float32 model of the dequantized weights (their functions used to read the int8
+    values as weights, or the layers' passes an int8 model does not have)."""
+    from rnnlm_engine import attribution, explain
+
+    _, q = small_model()
+    f = q.dequantize()
+    ids = np.random.default_rng(4).integers(0, 30, 40)
+    got, want = q.trace(ids), f.trace(ids)
+    np.testing.assert_array_equal(got.logprob, want.logprob)
+    np.testing.assert_array_equal(got.layers[1].h, want.layers[1].h)
+    for a, b in ((q, f), (f, f)):  # the module functions, given either model
+        np.testing.assert_array_equal(
+            attribution.attribution(a, ids, 30).scores, attribution.attribution(b, ids, 30).scores
+        )
+    for x, y in zip(attribution.attributions(q, ids, 5), attribution.attributions(f, ids, 5),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(x, y)
+    lag_q, lag_f = attribution.gradient_by_lag(q, ids, 8, 10), f.gradient_by_lag(ids, 8, 10)
+    np.testing.assert_array_equal(lag_q.norms, lag_f.norms)
+    assert (
+        attribution.singular_values(q) == attribution.singular_values(f) == (lag_q.singular_values)
+    )
+    dq, df = explain.diagnose(q, ids, 8, 10), explain.diagnose(f, ids, 8, 10)
+    assert dq.pop("model").endswith(", int8 weights") and not df.pop("model").endswith(
+        "int8 weights"
+    )
+    assert dq == df
+    page = explain.report_data(q, ids, "int8", window=5, max_lag=8, positions=10)
+    np.testing.assert_array_equal(page["logprob"], want.logprob)
+    assert page["model"].endswith("int8 weights")
+
+
+def test_the_cli_diagnoses_an_int8_model_file(tmp_path, capsys):
+    from rnnlm_engine.cli import main
+    from rnnlm_engine.vocab import Vocabulary
+
+    text = "to be or not to be, that is the question\n" * 3
+    vocab = Vocabulary.build(text, "char")
+    config = ModelConfig("lstm", len(vocab), 8, 12, 2)
+    sd = float_params(config, np.random.default_rng(2), False, False)
+    q = Model.from_state_dict(sd, vocab=vocab).quantize()
+    q.save(tmp_path / "q.rnnlm")
+    q.dequantize().save(tmp_path / "f.rnnlm")
+    (tmp_path / "text.txt").write_text(text)
+    outs = []
+    for name in ("q.rnnlm", "f.rnnlm"):
+        args = ["diagnose", str(tmp_path / name), str(tmp_path / "text.txt"), "--json",
+                "--max-lag", "6", "--positions", "10"]  # fmt: skip
+        assert main(args) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0].pop("model") != outs[1].pop("model")
+    assert outs[0] == outs[1]
+
+
+def test_dropped_models_and_the_float_copy_are_freed_without_the_cycle_collector():
+    """A model and its output layer referred to each other, so a dropped model (and the
+    float32 copy that release_workspace dropped) stayed until the cyclic collector ran."""
+    import gc
+    import weakref
+
+    ids = np.arange(6).reshape(3, 2)
+
+    def use(m, q):
+        m.forward(ids)
+        m.stream().feed(1)
+        q.forward(ids)
+        q.stream().feed(1)
+        return weakref.ref(q._float())
+
+    use(*small_model())  # first calls (compiling, imports) out of the way
+    gc.collect()
+    gc.disable()
+    try:
+        m, q = small_model()
+        twin = use(m, q)
+        dropped = weakref.ref(m)
+        del m
+        assert dropped() is None
+        q.release_workspace()
+        assert twin() is None
+        dropped = weakref.ref(q)
+        del q
+        assert dropped() is None
+    finally:
+        gc.enable()
+
+
+def test_a_quantized_model_keeps_copies_of_the_arrays_it_was_given():
+    """Aligned arrays were kept as they were: the caller could write NaN or -128 into the
+    immutable, validated model (and found its own arrays made read-only)."""
+    m, q = small_model()
+    weights, scales = q.int8_tensors()
+    weights = {k: kc.to_device_aligned(v, copy=True) for k, v in weights.items()}
+    scales = {k: kc.to_device_aligned(v, copy=True) for k, v in scales.items()}
+    assert all(a.ctypes.data % 64 == 0 for a in (*weights.values(), *scales.values()))
+    mine = QuantizedModel(m.config, weights, scales)
+    before = mine.stream().feed(3).copy()
+    for a in (*weights.values(), *scales.values()):
+        assert a.flags.writeable  # still the caller's to change
+    scales["decoder.weight"][:] = np.nan
+    weights["encoder.weight"][:] = -128
+    np.testing.assert_array_equal(mine.stream().feed(3), before)
+
+
+def test_building_an_int8_model_makes_no_matrix_sized_temporaries():
+    """quantize_rows and the constructor's overflow check go over blocks of rows: peak
+    memory beyond the result stays under the float32 matrix's bytes (whole-matrix
+    float64 and int32 copies took 5-8x)."""
+    import tracemalloc
+
+    from rnnlm_engine.quantize import quantize_rows
+
+    w = np.random.default_rng(0).standard_normal((2048, 1024)).astype(np.float32)  # 8 MB
+    tracemalloc.start()
+    try:
+        q, s = quantize_rows(w)
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak - q.nbytes - s.nbytes < w.nbytes
+        config = ModelConfig("rnn", 2048, 1024, 8, 1, tied=False)
+        sd = float_params(config, np.random.default_rng(1), False, False)
+        sd["encoder.weight"] = w
+        weights, scales = Model.from_state_dict(sd, cell="rnn").quantize().int8_tensors()
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        QuantizedModel(config, weights, scales)
+        _, peak = tracemalloc.get_traced_memory()
+        # its own copies (int8 matrices, scales, biases) and a block's temporaries
+        own = sum(a.nbytes for a in (*weights.values(), *scales.values()))
+        assert peak - base < own + 0.5 * w.nbytes
+    finally:
+        tracemalloc.stop()

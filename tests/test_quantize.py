@@ -18,9 +18,9 @@ from rnnlm_engine.quantize import QMAX, dequantize_rows, quantize_rows
 def weights(draw):
     R, C = draw(st.integers(1, 9)), draw(st.integers(1, 33))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    w = (rng.standard_normal((R, C)) * draw(st.sampled_from([1e-30, 1e-3, 1.0, 1e4]))).astype(
-        np.float32
-    )
+    # 1e-43: rows of subnormals (about 70 steps of the smallest), scales subnormal too
+    size = draw(st.sampled_from([1e-43, 1e-30, 1e-3, 1.0, 1e4]))
+    w = (rng.standard_normal((R, C)) * size).astype(np.float32)
     if draw(st.booleans()):  # a row of zeros
         w[draw(st.integers(0, R - 1))] = 0.0
     if draw(st.booleans()):  # one huge value in a row of small ones
@@ -36,7 +36,9 @@ def test_quantize_rows_is_symmetric_round_to_nearest(w):
     assert np.all(np.isfinite(scale)) and np.all(scale > 0)  # a file may refuse any other
     assert np.abs(q.astype(np.int32)).max() <= QMAX
     peak = np.abs(w.astype(np.float64)).max(axis=1)
-    for r in np.flatnonzero(peak > 0):  # the largest magnitude of a row maps to +-127
+    # the largest magnitude of a row maps to +-127, where the scale is a normal float32
+    # (a subnormal one has too few bits: the row's values are few multiples of it)
+    for r in np.flatnonzero((peak > 0) & (scale >= np.finfo(np.float32).tiny)):
         assert np.abs(q[r].astype(np.int32)).max() == QMAX
     assert np.all(scale[peak == 0] == 1.0) and not np.any(q[peak == 0])
     # round to nearest: every weight within half a step (and a float32 rounding of the
@@ -79,3 +81,32 @@ def test_a_row_of_subnormals_gets_a_positive_scale():
     q, scale = quantize_rows(w)
     assert scale[0] == tiny and scale[1] == np.float32(2.0 / 127)
     np.testing.assert_array_equal(dequantize_rows(q, scale)[0], w[0])
+
+
+def test_a_subnormal_scale_rounded_down_is_raised_so_the_peak_is_not_clipped():
+    """max |w| / 127 of 150 subnormal steps rounds to 1 step, where 127 steps would cut the
+    peak to 127: the scale goes up to 2 steps, and every weight rounds to nearest."""
+    tiny = np.finfo(np.float32).smallest_subnormal
+    for steps in (128, 150, 190, 254, 255):
+        w = np.array([[steps * tiny, -50 * tiny, 0.0]], np.float32)
+        q, scale = quantize_rows(w)
+        deq = oracle.dequantize_rows(q, scale)
+        assert np.all(np.abs(w - deq) <= 0.5 * scale.astype(np.float64)[:, None]), steps
+        assert np.abs(q.astype(np.int32)).max() <= QMAX
+
+
+def test_quantize_rows_in_blocks_equals_one_pass(monkeypatch):
+    """The blocks of rows (bounding the temporaries) change nothing: a block of 5
+    elements, so rows go one or two at a time, against the whole matrix in one."""
+    from rnnlm_engine import quantize
+
+    w = np.random.default_rng(3).standard_normal((37, 3)).astype(np.float32)
+    whole = quantize_rows(w)
+    monkeypatch.setattr(quantize, "BLOCK_ELEMENTS", 5)
+    assert len(list(quantize.row_blocks(w.shape))) == 37
+    blocked = quantize_rows(w)
+    np.testing.assert_array_equal(blocked[0], whole[0])
+    np.testing.assert_array_equal(blocked[1], whole[1])
+    q = whole[0]
+    np.testing.assert_array_equal(quantize.row_abs_sums(q), np.abs(q.astype(np.int64)).sum(1))
+    np.testing.assert_array_equal(quantize.row_abs_max(q), np.abs(q.astype(np.int64)).max(1))

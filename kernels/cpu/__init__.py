@@ -68,13 +68,14 @@ def to_device(array):
     return np.ascontiguousarray(array)
 
 
-def to_device_aligned(array):
+def to_device_aligned(array, copy: bool = False):
     """to_device for arrays the kernels read on every step (the parameters): a float32
     (or int8: an int8 model's weights) array comes back 64-byte aligned, a copy where it
-    was not; other dtypes become float32."""
+    was not (copy: a copy always, for an array the caller keeps); other dtypes become
+    float32."""
     dtype = np.int8 if np.asarray(array).dtype == np.int8 else np.float32
     a = np.ascontiguousarray(array, dtype=dtype)
-    if a.ctypes.data % _ALIGN == 0:
+    if a.ctypes.data % _ALIGN == 0 and not (copy and np.may_share_memory(a, array)):
         return a
     raw = np.empty(a.size + _ALIGN // a.itemsize, dtype)
     start = (-raw.ctypes.data % _ALIGN) // a.itemsize

@@ -47,8 +47,13 @@ def to_device(a):
     return cuda.to_device(np.ascontiguousarray(a))
 
 
-def to_device_aligned(a):
-    """to_device: device allocations are already aligned (256 bytes)."""
+def to_device_aligned(a, copy: bool = False):
+    """to_device: device allocations are already aligned (256 bytes). copy: a device
+    array is copied too (a host array always is), for an array the caller keeps."""
+    if copy and is_array(a):
+        out = cuda.device_array(a.shape, a.dtype)
+        out.copy_to_device(a)
+        return out
     return to_device(a)
 
 
