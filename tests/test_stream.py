@@ -153,6 +153,34 @@ def test_a_failed_feed_leaves_the_stream_unchanged():
     assert before.shape == (11,)
 
 
+def test_every_form_of_ids_feeds_the_same_and_bad_ones_are_refused_alike():
+    """The fast paths (an int, a numpy integer, a short list of ints, checked in Python)
+    and the general one (arrays, tuples, long lists, checked by numpy) agree, and refuse
+    the same input with the same message."""
+    _, _, model = make_model("lstm")
+    ids = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3] * 8  # 80: past the short lists too
+    want = model.stream().feed(np.array(ids))
+    for form in (list, tuple, np.array, lambda x: np.array(x, np.int32)):
+        np.testing.assert_array_equal(model.stream().feed(form(ids)), want)
+        np.testing.assert_array_equal(model.stream().feed(form(ids[:5])), model.stream().feed(
+            np.array(ids[:5])))  # fmt: skip
+    for one in (7, np.int64(7), np.uint8(7), [7], (7,), np.array([7])):
+        np.testing.assert_array_equal(model.stream().feed(one), model.stream().feed(np.array([7])))
+    s = model.stream()
+    for bad, match in [
+        ([4, 5, 11], "token id 11 at 2 is outside"),
+        ([4, -1], "token id -1 at 1 is outside"),
+        (11, "token id 11 at 0 is outside"),
+        (np.int64(-2), "token id -2 at 0 is outside"),
+        (True, "1-D sequence of int ids"),
+        ([1.0, 2], "1-D sequence of int ids"),
+        ([2**70], "token id|1-D sequence|cannot read"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            s.feed(bad)
+    assert s.tokens == ()
+
+
 def test_snapshot_from_another_model_is_refused():
     _, _, a = make_model("lstm", V=11)
     _, _, b = make_model("lstm", V=12)
