@@ -14,6 +14,7 @@ forward call of at most 256 rows (StreamBatch), a transposed copy of the decoder
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from types import ModuleType
 
 import numpy as np
@@ -101,6 +102,13 @@ class Model:
 
     def _init_common(self, config: ModelConfig, backend, vocab, metadata) -> None:
         """What every model has besides its parameters (QuantizedModel shares it)."""
+        if not isinstance(config, ModelConfig):
+            raise ConfigError(
+                f"config must be a ModelConfig; got {type(config).__name__} (a dict: "
+                "ModelConfig.from_dict(d))"
+            )
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ConfigError(f"metadata must be a dict; got {type(metadata).__name__}")
         if vocab is not None and len(vocab) != config.vocab_size:
             raise ConfigError(
                 f"the vocabulary has {len(vocab)} tokens but the model's vocab_size is "

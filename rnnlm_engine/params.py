@@ -4,6 +4,8 @@ every sum of their products within float32. Model and QuantizedModel build on th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from .config import CELLS, GATES, ModelConfig
@@ -113,6 +115,8 @@ def as_array(name: str, value) -> np.ndarray:
 
 def validated_params(config: ModelConfig, params: dict) -> dict[str, np.ndarray]:
     """Float32, C-contiguous, read-only copies, checked against config. Raises ParameterError."""
+    if not isinstance(params, Mapping):
+        raise ParameterError(f"params must be a dict of name -> array; got {type(params).__name__}")
     expected = config.parameter_shapes()
     unknown = sorted(set(params) - set(expected))
     if unknown:

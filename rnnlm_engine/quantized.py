@@ -27,6 +27,8 @@ then quantize it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from .errors import ConfigError, ParameterError
@@ -76,6 +78,11 @@ def check_quantized(config, weights: dict, scales: dict) -> dict[str, np.ndarray
     scales positive and finite, biases finite. Returns the biases as float32 arrays (the
     matrices are checked where they are, never copied to float). Raises ParameterError
     naming the first defect."""
+    for what, given in (("weights", weights), ("scales", scales)):
+        if not isinstance(given, Mapping):
+            raise ParameterError(
+                f"{what} must be a dict of name -> array; got {type(given).__name__}"
+            )
     names = int8_names(config)
     extra = [name for name in scales if name not in names]
     if extra:

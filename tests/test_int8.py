@@ -444,3 +444,21 @@ def test_building_an_int8_model_makes_no_matrix_sized_temporaries():
         assert peak - base < own + 0.5 * w.nbytes
     finally:
         tracemalloc.stop()
+
+
+def test_the_constructors_refuse_wrong_types_with_one_clear_error():
+    """Not an AttributeError or TypeError from inside: the error names the argument."""
+    m, q = small_model()
+    weights, scales = q.int8_tensors()
+    params = m.state_dict()
+    for build, error, match in [
+        (lambda: Model(m.config.to_dict(), params), ConfigError, "config must be a ModelConfig"),
+        (lambda: Model(m.config, None), ParameterError, "params must be a dict"),
+        (lambda: Model(m.config, list(params.values())), ParameterError, "got list"),
+        (lambda: Model(m.config, params, metadata=[1]), ConfigError, "metadata must be a dict"),
+        (lambda: QuantizedModel(m.config.to_dict(), weights, scales), ConfigError, "ModelConfig"),
+        (lambda: QuantizedModel(m.config, None, scales), ParameterError, "weights must be a"),
+        (lambda: QuantizedModel(m.config, weights, None), ParameterError, "scales must be a"),
+    ]:
+        with pytest.raises(error, match=match):
+            build()
