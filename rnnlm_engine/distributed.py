@@ -21,19 +21,20 @@ from . import shards
 from .model import load
 
 _lock = threading.Lock()
-_models: dict = {}  # in each worker process: (path, size, mtime) -> Model
+_models: dict = {}  # in each worker process: (path, size, mtime, backend) -> Model
 _loads = 0  # model files loaded by this process (counted for the tests)
 
 
-def worker_model(path: str):
-    """The model at path, loaded once per process (again only if the file changed)."""
+def worker_model(path: str, backend: str | None = None):
+    """The model at path on backend, loaded once per process (again only if the file
+    changed)."""
     global _loads
     st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, backend)
     with _lock:
         model = _models.get(key)
         if model is None:
-            model = _models[key] = load(path)
+            model = _models[key] = load(path, backend=backend)
             _loads += 1
     return model
 
@@ -42,25 +43,31 @@ def loads() -> int:
     return _loads
 
 
-def _score_task(model_path: str, shard: str, out_dir: str, options) -> shards.ShardResult:
-    return shards.score_shard(worker_model(model_path), shard, out_dir, options)
+def _score_task(
+    model_path: str, shard: str, out_dir: str, options, backend=None
+) -> shards.ShardResult:
+    return shards.score_shard(worker_model(model_path, backend), shard, out_dir, options)
 
 
-def score_files(paths, model_path, out_dir, options=None, *, client=None, progress=None):
+def score_files(
+    paths, model_path, out_dir, options=None, *, client=None, progress=None, backend=None
+):
     """Score the shards with the model file at model_path into out_dir (see
     rnnlm_engine.shards) on the Dask cluster of ``client`` (a dask.distributed Client),
-    or on this machine when client is None. Returns the CorpusResult; progress is called
-    with each ShardResult as it arrives."""
+    or on this machine when client is None. backend: where each worker's kernels run
+    (None: the default, rnnlm_engine.backend). Returns the CorpusResult; progress is
+    called with each ShardResult as it arrives."""
     options = options or shards.Options()
     if client is None:
-        return shards.score_files(load(model_path), paths, out_dir, options, progress)
+        model = load(model_path, backend=backend)
+        return shards.score_files(model, paths, out_dir, options, progress)
     from dask.distributed import as_completed
 
     model_path = os.path.abspath(os.fspath(model_path))
     paths = [os.path.abspath(p) for p in shards.check_shards(paths, out_dir)]
     out_dir = os.path.abspath(os.fspath(out_dir))
     futures = {
-        client.submit(_score_task, model_path, p, out_dir, options, pure=False): i
+        client.submit(_score_task, model_path, p, out_dir, options, backend, pure=False): i
         for i, p in enumerate(paths)
     }
     results: list = [None] * len(paths)

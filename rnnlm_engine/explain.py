@@ -33,6 +33,7 @@ from .inspection import (
     gate_saturation,
     token_strings,
 )
+from .scoring import perplexity
 from .state import State
 
 REPORT_EXTRA = "pip install 'rnnlm-engine[report]'"
@@ -51,7 +52,7 @@ def diagnose(model, ids, max_lag: int = 50, positions: int = 500, trace=None) ->
     out: dict = {
         "model": _describe(model),
         "tokens": int(len(ids)),
-        "perplexity": float(math.exp(-np.mean(tr.logprob[1:], dtype=np.float64))),
+        "perplexity": perplexity(float(np.sum(tr.logprob[1:], dtype=np.float64)), len(ids) - 1),
     }
     if SIGMOID_GATES[c.cell]:
         sat = gate_saturation(tr)

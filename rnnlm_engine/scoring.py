@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class LineScore:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(-self.logprob / self.tokens) if self.tokens else math.nan
+        return perplexity(self.logprob, self.tokens)
 
 
 @dataclass
@@ -59,7 +60,7 @@ class ScoreTotal:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(-self.logprob / self.tokens) if self.tokens else math.nan
+        return perplexity(self.logprob, self.tokens)
 
     def add(self, s: LineScore) -> None:
         self.lines += 1
@@ -89,6 +90,18 @@ class Scoring:
         for _ in self:
             pass
         return self.total
+
+
+def perplexity(logprob: float, tokens: int) -> float:
+    """exp(-logprob / tokens): NaN for no tokens, inf past float64's range (a mean loss
+    above 709 nats), never an OverflowError."""
+    if not tokens:
+        return math.nan
+    loss = -logprob / tokens
+    return math.exp(loss) if loss < _EXP_LIMIT else math.inf
+
+
+_EXP_LIMIT = math.log(sys.float_info.max)
 
 
 def score(model, source, mode="sentence", per_token=False, batch_size=64, errors="strict"):
@@ -169,19 +182,36 @@ def line_end_id(vocab) -> int | None:
     return vocab.id("\n") if "\n" in vocab else None
 
 
+def unencodable(vocab, line: str) -> str | None:
+    """Why a line (no newline) cannot be scored with vocab: its unknown token when the
+    vocabulary has no "<unk>", in the vocabulary's words; None when it can be."""
+    if vocab.unk_id is not None:
+        return None
+    try:
+        _encode_text(vocab, line)
+    except VocabularyError as e:
+        return str(e)
+    return None
+
+
+def _encode_text(vocab, text: str) -> tuple[list, list]:
+    """(ids, oov flags) of a line's tokens; VocabularyError for an unknown token without
+    "<unk>"."""
+    if vocab.kind == "word":
+        words = text.split()
+        return [vocab.id(w) for w in words], [w not in vocab for w in words]
+    ids = list(vocab.encode(text)) if text else []
+    oov = [ch not in vocab for ch in text] if vocab.kind == "char" else [False] * len(ids)
+    return ids, oov
+
+
 def _encode_line(vocab, text: str, n: int, end: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(ids of the line's tokens and of its line end when the vocabulary has one, oov
     flags)."""
     if "\n" in text:
         raise InputError(f"line {n}: a line may not contain a newline")
     try:
-        if vocab.kind == "word":
-            words = text.split()
-            ids = [vocab.id(w) for w in words]
-            oov = [w not in vocab for w in words]
-        else:
-            ids = list(vocab.encode(text)) if text else []
-            oov = [ch not in vocab for ch in text] if vocab.kind == "char" else [False] * len(ids)
+        ids, oov = _encode_text(vocab, text)
     except VocabularyError as e:
         raise VocabularyError(f"line {n}: {e}") from None
     if end is not None:

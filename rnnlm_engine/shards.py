@@ -9,7 +9,9 @@ exp(-logprob / tokens). A line of a plain-text shard is one document, so its sco
 
 Each shard gives one output file in the output folder, ``<shard name>.jsonl``: one JSON
 line per document kept (a JSON record with ``logprob``, ``tokens``, ``perplexity`` and
-``oov`` added; for plain text ``{"line", "text", ...}``), written atomically (a temporary
+``oov`` added, replacing fields of those names; for plain text ``{"line", "text",
+...}``; ``perplexity`` is null where it is no finite number: a document of no tokens, or
+a mean loss beyond float64's exp), written atomically (a temporary
 file renamed over it once complete), so a task that dies or runs twice leaves either no
 file or the whole one. ``min_ppl`` / ``max_ppl`` keep only documents within them.
 ``buckets`` (percentiles, CCNet's 30 and 60) adds ``bucket``: head, middle or tail, from
@@ -23,9 +25,11 @@ each shard's output streams to its temporary file. What grows with the input is 
 float64 per document (its perplexity, kept for the percentiles) when buckets are asked for.
 
 Bad input (an unreadable or corrupt compressed shard, a record that is no JSON object or
-lacks the field, invalid UTF-8) is an InputError naming the file and record; with
-``skip_bad`` the record (or the rest of a corrupt shard) is skipped and counted, never
-dropped silently.
+lacks the field, invalid UTF-8, a token a vocabulary without "<unk>" cannot encode) is an
+InputError naming the file and record; with ``skip_bad`` the record (or the whole of a
+corrupt shard: its output is removed) is skipped and counted, never dropped silently.
+An output that would replace an input, or another output, is refused before anything is
+scored.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import numpy as np
 
 from .atomic import write_atomically
 from .errors import InputError, ModelFileError, VocabularyError
-from .scoring import ScoreTotal
+from .scoring import ScoreTotal, perplexity, unencodable
 from .scoring import score as score_lines
 
 BUCKETS = ("head", "middle", "tail")
@@ -94,7 +98,7 @@ class CorpusResult:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(-self.logprob / self.tokens) if self.tokens else math.nan
+        return perplexity(self.logprob, self.tokens)
 
     def to_dict(self) -> dict:
         return {
@@ -128,16 +132,22 @@ class Options:
             raise InputError(f"errors must be 'strict' or 'replace'; got {self.errors!r}")
         for name in ("min_ppl", "max_ppl"):
             v = getattr(self, name)
-            if v is not None and not (isinstance(v, int | float) and v > 0):
+            if v is not None and not (_number(v) and v > 0):
                 raise InputError(f"{name} must be a positive number; got {v!r}")
+        if self.min_ppl is not None and self.max_ppl is not None and self.min_ppl > self.max_ppl:
+            raise InputError(
+                f"min_ppl {self.min_ppl} is above max_ppl {self.max_ppl}: no document would be kept"
+            )
         for name, bounds in (("percentiles", (0, 100)), ("cutoffs", (0, math.inf))):
             v = getattr(self, name)
             if v is None:
                 continue
+            # cutoffs may be equal: the percentiles of documents with equal perplexities
+            ordered = v[0] < v[1] if name == "percentiles" else v[0] <= v[1]
             if (
                 len(v) != len(BUCKETS) - 1
-                or not all(isinstance(x, int | float) and bounds[0] < x < bounds[1] for x in v)
-                or not v[0] < v[1]
+                or not all(_number(x) and bounds[0] < x < bounds[1] for x in v)
+                or not ordered
             ):
                 raise InputError(
                     f"{name} must be two increasing numbers in ({bounds[0]}, {bounds[1]}); "
@@ -149,6 +159,10 @@ class Options:
     @property
     def wants_perplexities(self) -> bool:
         return self.percentiles is not None
+
+
+def _number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -185,10 +199,13 @@ class Skips:
             self.first.append(f"record {n}: {why}")
 
 
-def documents(path, options: Options, skips: Skips) -> Iterator[tuple[int, str, dict | None]]:
+def documents(
+    path, options: Options, skips: Skips, check=None
+) -> Iterator[tuple[int, str, dict | None]]:
     """(record number from 1, the document's text, the JSON record or None) of a shard.
     Bad records raise InputError, or with skip_bad are counted in skips. A shard
-    unreadable past some point raises _Corrupt."""
+    unreadable past some point raises _Corrupt. check: None, or a function of a
+    document's text that says why it is bad (or None)."""
     path = Path(path)
     try:
         f = _open(path)
@@ -205,7 +222,11 @@ def documents(path, options: Options, skips: Skips) -> Iterator[tuple[int, str, 
                 return
             n += 1
             try:
-                yield n, *_record(raw, n, path, options)
+                text, record = _record(raw, n, path, options)
+                problem = check(text) if check is not None else None
+                if problem:
+                    raise _BadRecord(problem)
+                yield n, text, record
             except _BadRecord as e:
                 if not options.skip_bad:
                     raise InputError(f"{path}: record {n}: {e}") from None
@@ -233,10 +254,12 @@ def _record(raw: bytes, n: int, path: Path, options: Options) -> tuple[str, dict
         raise _BadRecord(f"not JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(record, dict):
         raise _BadRecord(f"a JSON {type(record).__name__}, not an object")
-    text = record.get(options.field)
+    if options.field not in record:
+        raise _BadRecord(f"no field {options.field!r} (text expected)")
+    text = record[options.field]
     if not isinstance(text, str):
-        what = "no field" if text is None else f"a {type(text).__name__} in field"
-        raise _BadRecord(f"{what} {options.field!r} (text expected)")
+        what = "null" if text is None else f"a {type(text).__name__}"
+        raise _BadRecord(f"{what} in field {options.field!r} (text expected)")
     return text, record
 
 
@@ -259,6 +282,7 @@ def score_shard(model, path, out_dir, options: Options) -> ShardResult:
             raise InputError(f"{e} (pass --skip-bad to skip the shard and go on)") from None
         result = ShardResult(str(path), None, skipped=1, problems=[str(e)])
         skips, ppls = Skips(), array("d")
+        out.unlink(missing_ok=True)  # an earlier run's output would look whole
     except ModelFileError as e:  # write_atomically's error for an unwritable output
         raise InputError(str(e).replace("cannot save", "cannot write")) from None
     result.skipped += skips.count
@@ -292,7 +316,17 @@ def _output_lines(model, path, options: Options, result: ShardResult, skips, ppl
         out.update(logprob=s.logprob, tokens=s.tokens, perplexity=_json_number(ppl), oov=s.oov)
         if options.cutoffs is not None:
             out["bucket"] = bucket_of(ppl, options.cutoffs)
-        yield (json.dumps(out, ensure_ascii=False) + "\n").encode()
+        yield _json_line(out)
+
+
+def _json_line(record: dict) -> bytes:
+    """A JSON line in UTF-8; escaped as ASCII when the record holds text that UTF-8 cannot
+    encode (a lone surrogate, valid in JSON's escapes), so it is written as it was read."""
+    line = json.dumps(record, ensure_ascii=False) + "\n"
+    try:
+        return line.encode()
+    except UnicodeEncodeError:
+        return (json.dumps(record) + "\n").encode()
 
 
 def _scored(model, path, options: Options, skips):
@@ -300,12 +334,15 @@ def _scored(model, path, options: Options, skips):
     in order: every line of every document goes through one sentence-mode scorer (batched
     across documents), and each line's score is added to its document's."""
     pending: deque = deque()  # (n, text, record, lines left, score) read, not yet whole
+    check = None
+    if model.vocab is not None and model.vocab.unk_id is None:  # unknown tokens are errors
+
+        def check(text: str) -> str | None:
+            return next(filter(None, (unencodable(model.vocab, p) for p in _pieces(text))), None)
 
     def lines():
-        for n, text, record in documents(path, options, skips):
-            pieces = text.split("\n")
-            if len(pieces) > 1 and pieces[-1] == "":
-                pieces.pop()  # a final "\n" ends the last line
+        for n, text, record in documents(path, options, skips, check):
+            pieces = _pieces(text)
             pending.append([n, text, record, len(pieces), ScoreTotal()])
             yield from pieces
 
@@ -325,8 +362,17 @@ def _scored(model, path, options: Options, skips):
         raise InputError(f"{path}: {e}") from None
 
 
+def _pieces(text: str) -> list[str]:
+    """A document's lines (a final "\n" ends the last line; "" is one empty line)."""
+    pieces = text.split("\n")
+    if len(pieces) > 1 and pieces[-1] == "":
+        pieces.pop()
+    return pieces
+
+
 def _json_number(x: float):
-    return None if math.isnan(x) else x
+    """x, or None (JSON null) for NaN and infinity, which JSON cannot hold."""
+    return x if math.isfinite(x) else None
 
 
 def bucket_of(ppl: float, cutoffs) -> str:
@@ -354,7 +400,7 @@ def add_buckets(output: str, cutoffs) -> None:
                 record = json.loads(raw)
                 ppl = record.get("perplexity")
                 record["bucket"] = bucket_of(math.nan if ppl is None else ppl, cutoffs)
-                yield (json.dumps(record, ensure_ascii=False) + "\n").encode()
+                yield _json_line(record)
 
     write_atomically(output, lines())
 
@@ -363,22 +409,33 @@ def add_buckets(output: str, cutoffs) -> None:
 
 
 def check_shards(paths, out_dir) -> list[Path]:
-    """The shards as paths (each an existing file, names distinct: one output each) and
-    the output folder, made if missing."""
+    """The shards as paths (each an existing file given once, names distinct: one output
+    each, none of them an input) and the output folder, made if missing."""
     shards = [Path(p) for p in paths]
     if not shards:
         raise InputError("no files to score")
+    folders = [str(p) for p in shards if p.is_dir()]
+    if folders:
+        raise InputError(f"a folder, not a file: {', '.join(folders[:5])} (give its files)")
     missing = [str(p) for p in shards if not p.is_file()]
     if missing:
         raise InputError(f"no such file: {', '.join(missing[:5])}")
     names: dict[str, Path] = {}
     for p in shards:
         other = names.setdefault(output_name(p), p)
-        if other != p:
+        if other is not p and other.resolve() == p.resolve():
+            raise InputError(f"{p} is given twice: each file is scored once")
+        if other is not p:
             raise InputError(
                 f"{other} and {p} would write the same output {output_name(p)}: rename one"
             )
     out = Path(out_dir)
+    written = {(out / name).resolve() for name in (*names, SUMMARY, CUTOFFS)}
+    for p in shards:
+        if p.resolve() in written:
+            raise InputError(
+                f"{p} would be overwritten by an output of this run: give another --out folder"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

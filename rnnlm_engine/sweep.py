@@ -575,5 +575,5 @@ def _retrain(out, table, train_ids, valid_ids, vocab, budget, progress) -> None:
     progress.message(
         f"the best setting retrained on all the training text: {out / 'best.rnnlm'} "
         f"({'on text it trained on, ' if seen else ''}valid ppl "
-        f"{math.exp(record['valid_loss']):.2f})"
+        f"{math.exp(min(record['valid_loss'], 700.0)):.2f})"
     )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,9 @@ def read_checkpoint(path, *, trust_pickle: bool = False) -> tuple[dict, dict]:
     if not Path(shown).is_file():
         raise InputError(f"{shown}: no such file")
     try:
-        obj = torch.load(shown, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on pickles: ours is below
+            warnings.simplefilter("ignore")
+            obj = torch.load(shown, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         if not trust_pickle:
             raise InputError(
@@ -96,7 +99,9 @@ def read_checkpoint(path, *, trust_pickle: bool = False) -> tuple[dict, dict]:
 
 def _load_pickle(torch, shown: str):
     try:
-        return torch.load(shown, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(shown, map_location="cpu", weights_only=False)
     except (ModuleNotFoundError, AttributeError) as e:
         raise InputError(
             f"{shown}: the pickled model needs its class ({_first_line(e)}): run where "

@@ -175,3 +175,110 @@ def test_the_command_line(tmp_path, model, capsys):
     twin.write_bytes(paths[0].read_bytes())
     assert main([*argv, str(twin)]) == 2
     assert "would write the same output" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- review findings
+
+
+def test_an_output_never_replaces_an_input_and_a_file_is_scored_once(tmp_path, model):
+    a = tmp_path / "a.txt"
+    a.write_text("the cat sat\n")
+    jsonl = tmp_path / "a.txt.jsonl"  # a's output, were tmp_path the output folder
+    jsonl.write_text('{"text": "a dog ran far away"}\n')
+    before = jsonl.read_bytes()
+    with pytest.raises(InputError, match="a.txt.jsonl would be overwritten by an output"):
+        sh.score_files(model, [a, jsonl], tmp_path, sh.Options())
+    summary = tmp_path / sh.SUMMARY
+    summary.write_text("the cat\n")
+    with pytest.raises(InputError, match="summary.json would be overwritten"):
+        sh.score_files(model, [summary], tmp_path, sh.Options())
+    assert jsonl.read_bytes() == before
+    with pytest.raises(InputError, match="a.txt is given twice"):
+        sh.score_files(model, [a, tmp_path / "." / "a.txt"], tmp_path / "out", sh.Options())
+    with pytest.raises(InputError, match="a folder, not a file"):
+        sh.score_files(model, [tmp_path], tmp_path / "out", sh.Options())
+
+
+def test_an_unknown_token_without_unk_is_a_bad_record_named_and_skippable(tmp_path):
+    vocab = Vocabulary("word", ["<eos>", *WORDS])  # closed: no <unk>
+    config = ModelConfig("lstm", len(vocab), 8, 8, 1)
+    closed = Model.from_state_dict(
+        initial_parameters(config, 0.5, np.random.default_rng(0)), vocab=vocab
+    )
+    path = tmp_path / "s.jsonl"
+    docs = ["the cat\nsat on\na mat", "dog ran", "far zebra away", "the dog"]
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    with pytest.raises(InputError, match=r"s.jsonl: record 3: .*'zebra'"):
+        sh.score_files(closed, [path], tmp_path / "out", sh.Options(jsonl=True))
+    result = sh.score_files(closed, [path], tmp_path / "out", sh.Options(jsonl=True, skip_bad=True))
+    r = result.shards[0]
+    assert (r.documents, r.skipped) == (3, 1) and "record 3" in r.problems[0]
+    assert [d["text"] for d in outputs(result)] == [docs[0], docs[1], docs[3]]
+
+
+def test_a_lone_surrogate_is_written_back_escaped(tmp_path, model):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "the \\ud800 cat", "id": 1}\n{"text": "sat", "note": "é"}\n')
+    result = sh.score_files(model, [path], tmp_path / "out", sh.Options(jsonl=True))
+    got = outputs(result)
+    assert [d["text"] for d in got] == ["the \ud800 cat", "sat"] and got[1]["note"] == "é"
+    assert b"\\ud800" in open(result.shards[0].output, "rb").read()
+
+
+def test_a_perplexity_beyond_float64_is_inf_and_null_in_json(tmp_path, model, monkeypatch):
+    from rnnlm_engine.scoring import perplexity
+
+    assert perplexity(-7 * 720.0, 7) == math.inf and math.isnan(perplexity(0.0, 0))
+    assert perplexity(-7.0, 7) == math.e
+    path = tmp_path / "a.txt"
+    path.write_text("the cat\n")
+    result = sh.score_files(model, [path], tmp_path / "out", sh.Options())
+    monkeypatch.setattr(result.shards[0], "logprob", -1e6)
+    assert result.perplexity == math.inf and result.to_dict()["perplexity"] is None
+
+
+def test_cutoffs_may_be_equal_and_options_are_checked(tmp_path, model):
+    sh.Options(cutoffs=(10.5, 10.5))  # equal percentiles of equal documents
+    for kwargs, match in [
+        ({"percentiles": (30, 30)}, "two increasing numbers"),
+        ({"min_ppl": 50, "max_ppl": 20}, "min_ppl 50 is above max_ppl 20"),
+        ({"min_ppl": True}, "positive number"),
+        ({"cutoffs": (True, 3)}, "two increasing numbers"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            sh.Options(**kwargs)
+    path = tmp_path / "same.txt"
+    path.write_text("the cat sat\n" * 5)
+    out = tmp_path / "out"
+    result = sh.score_files(model, [path], out, sh.Options(percentiles=(30.0, 60.0)))
+    assert result.cutoffs[0] == result.cutoffs[1]
+    given = sh.Options(cutoffs=sh.read_cutoffs(out / sh.CUTOFFS))
+    again = sh.score_files(model, [path], tmp_path / "out2", given)
+    assert [d["bucket"] for d in outputs(again)] == ["head"] * 5
+
+
+def test_a_skipped_corrupt_shard_leaves_no_earlier_output(tmp_path, model):
+    good, bad = write_shards(tmp_path, [lines(5, 1), lines(300, 2)])[:2]
+    out = tmp_path / "out"
+    sh.score_files(model, [good, bad], out, sh.Options())
+    assert (out / "shard1.txt.gz.jsonl").exists()
+    bad.write_bytes(bad.read_bytes()[:-40])
+    result = sh.score_files(model, [good, bad], out, sh.Options(skip_bad=True))
+    assert result.shards[1].output is None
+    assert not (out / "shard1.txt.gz.jsonl").exists()
+
+
+def test_options_that_out_would_ignore_are_refused(tmp_path, model, capsys):
+    model.save(tmp_path / "m.rnnlm")
+    (tmp_path / "a.txt").write_text("the cat\n")
+    argv = ["score", str(tmp_path / "m.rnnlm"), str(tmp_path / "a.txt"), "--out",
+            str(tmp_path / "out")]  # fmt: skip
+    for extra, said in [
+        (["--mode", "corpus"], "--mode corpus cannot go with --out"),
+        (["--log10"], "--log10 cannot go with --out"),
+        (["--per-token"], "--per-token cannot go with --out"),
+        (["--field", "body"], "--field names a field of JSON records: it goes with --jsonl"),
+    ]:
+        assert main([*argv, *extra]) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -192,6 +192,11 @@ def test_the_command_line(tmp_path, capsys):
     assert main(["export-torch", str(tmp_path / "m.rnnlm"), str(tmp_path / "out.pt")]) == 0
     vocab = json.loads((tmp_path / "out.pt.vocab.json").read_text())
     assert vocab["tokens"] == list(model.vocab.tokens)
+    before = (tmp_path / "m.rnnlm").read_bytes()
+    for out in (tmp_path / "m.rnnlm", tmp_path / "x" / ".." / "m.rnnlm"):  # OUT is MODEL
+        assert main(["export-torch", str(tmp_path / "m.rnnlm"), str(out)]) == 2
+        assert "is MODEL: export to another file" in capsys.readouterr().err
+    assert (tmp_path / "m.rnnlm").read_bytes() == before
 
 
 def test_without_torch_one_line_names_the_extra(tmp_path, monkeypatch, capsys):

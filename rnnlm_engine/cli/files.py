@@ -65,6 +65,10 @@ def cmd_export_torch(args) -> int:
     from .. import torch_io
     from ..model import load
 
+    model_path = Path(args.model).resolve()
+    for path in (args.out, args.out + torch_io.VOCAB_SUFFIX):
+        if Path(path).resolve() == model_path:
+            raise InputError(f"{path} is MODEL: export to another file")
     out, vocab = torch_io.export_model(load(args.model, backend="cpu"), args.out)
     if not args.quiet:
         print(f"wrote {out}" + (f" and {vocab}" if vocab else " (no vocabulary stored)"),

@@ -27,6 +27,15 @@ def cmd_score(args) -> int:
         if len(args.files) > 1:
             raise InputError("several files are scored into a folder: give --out DIR")
     if args.out is not None:
+        ignored = [flag for flag, given in (("--mode corpus", args.mode != "sentence"),
+                   ("--log10", args.log10), ("--per-token", args.per_token)) if given]  # fmt: skip
+        if ignored:
+            raise InputError(
+                f"{', '.join(ignored)} cannot go with --out DIR: its documents are scored "
+                "line by line (sentence mode) in nats, a total per document"
+            )
+        if args.field != "text" and not args.jsonl:
+            raise InputError("--field names a field of JSON records: it goes with --jsonl")
         return _score_files(args)
     model = load(args.model, backend=args.backend)
     errors = "replace" if args.replace_invalid else "strict"
@@ -97,8 +106,9 @@ def _score_files(args) -> int:
         modelfile.read_info(args.model)  # a bad file: one error here, not one per task
         client = dask_client(args.scheduler)
         corpus = distributed.score_files(
-            args.files, args.model, args.out, options, client=client, progress=progress
-        )
+            args.files, args.model, args.out, options, client=client, progress=progress,
+            backend=args.backend,
+        )  # fmt: skip
     else:
         model = load(args.model, backend=args.backend)
         corpus = shards.score_files(model, args.files, args.out, options, progress)
