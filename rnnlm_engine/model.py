@@ -23,10 +23,10 @@ from . import modelfile
 from .backend import get_backend
 from .config import CELLS, ModelConfig
 from .errors import ConfigError, InputError, ModelFileError, ParameterError, VocabularyError
+from .inputs import check_ids, check_masks, check_pair, check_state
 from .optim import RowSparse
 from .output import make_output
 from .params import (
-    FLOAT32_SUM_LIMIT,
     as_array,
     check_sums_fit_float32,
     infer_config,
@@ -283,8 +283,8 @@ class Model:
 
         logprobs[t, b] is the log-softmax of the next-token distribution after ids[t, b].
         """
-        ids = self._check_ids(ids, "ids")
-        state = self._check_state(state, ids.shape[1])
+        ids = check_ids(self, ids, "ids")
+        state = check_state(self, state, ids.shape[1])
         return self._forward_checked(ids, state)
 
     def _forward_checked(
@@ -304,8 +304,8 @@ class Model:
         Computes the log-normaliser of every row but never writes the (T, B, V) matrix of
         log-probabilities.
         """
-        inputs, targets = self._check_pair(inputs, targets)
-        state = self._check_state(state, inputs.shape[1])
+        inputs, targets = check_pair(self, inputs, targets)
+        state = check_state(self, state, inputs.shape[1])
         T, B = inputs.shape
         top, new_state = self._forward_layers(inputs, state, None)
         nll = self._work("nll", (T * B,))
@@ -330,9 +330,9 @@ class Model:
         inputs touch (the same values; untied models only, else it stays dense), for the
         optimizers that take one (SGD): a dense one is mostly zeros.
         """
-        inputs, targets = self._check_pair(inputs, targets)
-        state = self._check_state(state, inputs.shape[1])
-        masks = self._check_masks(dropout_masks, *inputs.shape)
+        inputs, targets = check_pair(self, inputs, targets)
+        state = check_state(self, state, inputs.shape[1])
+        masks = check_masks(self, dropout_masks, *inputs.shape)
         k, c = self._k, self._config
         T, B = inputs.shape
         N = T * B
@@ -368,6 +368,24 @@ class Model:
             k.embedding_backward(k.to_device(inputs.reshape(-1)), dx, d_enc)
             grads["encoder.weight"] = d_enc
         return loss, {name: grads[name] for name in c.parameter_shapes()}, new_state
+
+    def dropout_masks(self, T: int, B: int, p: float, rng: np.random.Generator) -> list:
+        """L + 1 inverted-dropout masks for loss_and_grad: each element is 0 with
+        probability p, else 1 / (1 - p); (T, B, E) for the embeddings, (T, B, H) for the
+        output of each layer. Drawn from rng in a fixed order (reproducible)."""
+        for name, v in (("T", T), ("B", B)):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+                raise InputError(f"{name} must be a positive integer; got {v!r}")
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
+            raise InputError(f"dropout probability must be a number in [0, 1); got {p!r}")
+        c = self._config
+        widths = [c.emb_size] + [c.hidden_size] * c.num_layers
+        keep = np.float32(1.0 / (1.0 - p))
+        masks = []
+        for width in widths:
+            kept = rng.random((T, B, width), dtype=np.float32) >= np.float32(p)
+            masks.append(kept.astype(np.float32) * keep)
+        return masks
 
     # ------------------------------------------------------------------ internals
 
@@ -592,161 +610,6 @@ class Model:
         return k.matmul(
             flat, p[f"rnn.weight_ih_l{layer}"], out=self._work(f"dx{layer}", x_in.shape)
         )
-
-    # ------------------------------------------------------------------ validation
-
-    def _check_ids(self, ids, what: str) -> np.ndarray:
-        try:
-            arr = np.asarray(ids)
-        except Exception as e:  # ragged lists and the like
-            raise InputError(f"{what} must be a (T, B) integer array; {e}") from None
-        if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-            raise InputError(f"{what} must be a (T, B) integer array; got dtype {arr.dtype}")
-        if arr.ndim != 2:
-            raise InputError(
-                f"{what} must be a (T, B) array (time, batch); got {arr.ndim} dimensions "
-                f"{arr.shape}; use ids.reshape(-1, 1) for one sequence"
-            )
-        if arr.shape[0] == 0 or arr.shape[1] == 0:
-            raise InputError(f"{what} is empty (shape {arr.shape}); give at least one token")
-        V = self._config.vocab_size
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= V:
-            bad = lo if lo < 0 else hi
-            where = tuple(int(i) for i in np.argwhere(arr == bad)[0])
-            raise InputError(
-                f"{what}[{where[0]}, {where[1]}] = {bad} is outside the vocabulary [0, {V})"
-            )
-        return np.ascontiguousarray(arr, dtype=np.int64)
-
-    def _check_state_magnitude(self, h: np.ndarray) -> None:
-        """A cell's own h lies in [-1, 1]; a caller's larger h must still keep the first
-        step's sums within float32 (see check_sums_fit_float32)."""
-        for layer, (input_part, w_hh_l1) in enumerate(self._recurrent_bounds):
-            largest = float(np.max(np.abs(h[layer]), initial=0.0))
-            if largest > 1.0 and not input_part + w_hh_l1 * largest < FLOAT32_SUM_LIMIT:
-                raise InputError(
-                    f"state h of layer {layer} is so large (|h| up to {largest:.3g}) that this "
-                    "model's sums would overflow float32; a cell's own h lies in [-1, 1]"
-                )
-
-    def dropout_masks(self, T: int, B: int, p: float, rng: np.random.Generator) -> list:
-        """L + 1 inverted-dropout masks for loss_and_grad: each element is 0 with
-        probability p, else 1 / (1 - p); (T, B, E) for the embeddings, (T, B, H) for the
-        output of each layer. Drawn from rng in a fixed order (reproducible)."""
-        for name, v in (("T", T), ("B", B)):
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-                raise InputError(f"{name} must be a positive integer; got {v!r}")
-        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
-            raise InputError(f"dropout probability must be a number in [0, 1); got {p!r}")
-        c = self._config
-        widths = [c.emb_size] + [c.hidden_size] * c.num_layers
-        keep = np.float32(1.0 / (1.0 - p))
-        masks = []
-        for width in widths:
-            kept = rng.random((T, B, width), dtype=np.float32) >= np.float32(p)
-            masks.append(kept.astype(np.float32) * keep)
-        return masks
-
-    def _check_masks(self, masks, T: int, B: int):
-        """None, or the masks as flat (T*B, width) float32 arrays on the backend."""
-        if masks is None:
-            return None
-        c = self._config
-        widths = [c.emb_size] + [c.hidden_size] * c.num_layers
-        if not isinstance(masks, list | tuple) or len(masks) != len(widths):
-            raise InputError(
-                f"dropout_masks must be a list of {len(widths)} arrays (embeddings, then "
-                f"each layer's output); got {type(masks).__name__}"
-                + (f" of length {len(masks)}" if isinstance(masks, list | tuple) else "")
-            )
-        out = []
-        for i, (m, width) in enumerate(zip(masks, widths, strict=True)):
-            try:
-                a = np.asarray(m, dtype=np.float32)
-            except (TypeError, ValueError) as e:
-                raise InputError(f"dropout mask {i} is not a float array ({e})") from None
-            if a.shape != (T, B, width):
-                raise InputError(f"dropout mask {i} must have shape {(T, B, width)}; got {a.shape}")
-            if not np.all(np.isfinite(a)):
-                raise InputError(f"dropout mask {i} contains NaN or infinity")
-            out.append(self._k.to_device(np.ascontiguousarray(a).reshape(T * B, width)))
-        return out
-
-    def _check_pair(self, inputs, targets):
-        inputs = self._check_ids(inputs, "inputs")
-        targets = self._check_ids(targets, "targets")
-        if inputs.shape != targets.shape:
-            raise InputError(
-                f"inputs and targets must have the same (T, B) shape; got {inputs.shape} "
-                f"and {targets.shape}"
-            )
-        return inputs, targets
-
-    def _check_state(self, state, batch: int) -> State:
-        c = self._config
-        if state is None:
-            return self.zero_state(batch)
-        if isinstance(state, np.ndarray) or (
-            not isinstance(state, tuple | list) and self._k.is_array(state)
-        ):  # h alone: a numpy array, or a device array of the backend
-            state = (state,)
-        if not isinstance(state, tuple) or len(state) not in (1, 2):
-            raise InputError(
-                "state must be a State, a tuple (h, c) or (h,), or an array h; "
-                f"got {type(state).__name__}"
-            )
-        h = state[0]
-        cc = state[1] if len(state) == 2 else None
-        shape = (c.num_layers, batch, c.hidden_size)
-        if c.cell == "lstm" and cc is None:
-            raise InputError("an lstm state needs both h and c; got only h")
-        if c.cell != "lstm" and cc is not None:
-            raise InputError(f"a {c.cell} state has no c; pass (h,) or h alone")
-        out = []
-        for name, a in (("h", h), ("c", cc)):
-            if a is None:
-                out.append(None)
-                continue
-            if not isinstance(a, np.ndarray) and self._k.is_array(a):
-                out.append(self._checked_device_state(name, a, shape))
-                continue
-            a = np.asarray(a)
-            if a.shape != shape:
-                raise InputError(
-                    f"state {name} must have shape (layers, batch, hidden) = {shape}; got {a.shape}"
-                )
-            if not np.issubdtype(a.dtype, np.floating):
-                raise InputError(f"state {name} must be floating point; got {a.dtype}")
-            with np.errstate(over="ignore"):  # beyond float32 becomes inf: reported below
-                a = np.ascontiguousarray(a, dtype=np.float32)
-            if not np.all(np.isfinite(a)):
-                raise InputError(
-                    f"state {name} contains NaN or infinity (or values beyond float32)"
-                )
-            if name == "h":
-                self._check_state_magnitude(a)
-            out.append(a)
-        # only once both are valid: nothing reaches the backend before validation ends
-        return State(*(None if a is None else self._k.to_device(a) for a in out))
-
-    def _checked_device_state(self, name: str, a, shape: tuple):
-        """A state array already on the device (returned by an earlier pass, so that
-        carrying it costs no copy): its shape and dtype, and finiteness through one
-        reduction read back as a single number."""
-        if tuple(a.shape) != shape or a.dtype != np.float32:
-            raise InputError(
-                f"state {name} must be a float32 array of shape (layers, batch, hidden) = "
-                f"{shape}; got {a.dtype} {tuple(a.shape)}"
-            )
-        if not a.is_c_contiguous():  # a slice of a state (a device array's reshape
-            a = self._k.clone(a)  # would copy: a real DeviceNDArray refuses to)
-        flat = a.reshape(-1)
-        if not np.isfinite(self._k.sum_of_squares(flat)):
-            raise InputError(f"state {name} contains NaN or infinity")
-        if name == "h" and self._k.max_abs(flat) > 1.0:  # a cell's own h never is
-            self._check_state_magnitude(np.asarray(self._k.to_host(a)))
-        return a
 
 
 def load(

@@ -164,7 +164,7 @@ def check_sums_fit_float32(
 
     An initial state given by the caller may hold |h| > 1: returns, per layer, (bound of
     the pre-activations without the recurrent term, largest row L1 norm of W_hh), with
-    which _check_state bounds the first step's sums for such a state.
+    which inputs.check_state bounds the first step's sums for such a state.
 
     row_l1(name), max_abs(name): a matrix's row L1 norms (float64) and largest |weight|,
     computed from params by default (an int8 model gives its own, from q and the scales,

@@ -183,10 +183,9 @@ def line_end_id(vocab) -> int | None:
 
 
 def unencodable(vocab, line: str) -> str | None:
-    """Why a line (no newline) cannot be scored with vocab: its unknown token when the
-    vocabulary has no "<unk>", in the vocabulary's words; None when it can be."""
-    if vocab.unk_id is not None:
-        return None
+    """Why a line (no newline) cannot be scored with vocab: its unknown token, in the
+    vocabulary's words, when the vocabulary has no "<unk>" (with one, every line can be:
+    callers ask only then); None when it can be."""
     try:
         _encode_text(vocab, line)
     except VocabularyError as e:

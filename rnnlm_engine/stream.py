@@ -22,6 +22,7 @@ import numpy as np
 
 from . import sampling, streaming
 from .errors import InputError, VocabularyError
+from .inputs import check_state_magnitude
 from .snapshot import DEFAULT_MAX_SNAPSHOT_TOKENS, Snapshot
 from .state import State
 
@@ -106,7 +107,7 @@ class Stream:
         ids = snapshot.token_ids
         if ids.size and ids.max() >= c.vocab_size:
             raise InputError("the snapshot's tokens do not fit this model's vocabulary")
-        self._model._check_state_magnitude(snapshot.h[:, None, :])
+        check_state_magnitude(self._model, snapshot.h[:, None, :])
         tokens = array(self._token_type)  # a copy, 4 bytes a token
         tokens.frombytes(memoryview(np.ascontiguousarray(ids, self._token_dtype())).cast("B"))
         k = self._model._k

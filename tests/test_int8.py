@@ -323,10 +323,9 @@ def test_inspection_of_an_int8_model_is_the_dequantized_models():
     got, want = q.trace(ids), f.trace(ids)
     np.testing.assert_array_equal(got.logprob, want.logprob)
     np.testing.assert_array_equal(got.layers[1].h, want.layers[1].h)
-    for a, b in ((q, f), (f, f)):  # the module functions, given either model
-        np.testing.assert_array_equal(
-            attribution.attribution(a, ids, 30).scores, attribution.attribution(b, ids, 30).scores
-        )
+    np.testing.assert_array_equal(  # the module function, given the int8 model itself
+        attribution.attribution(q, ids, 30).scores, attribution.attribution(f, ids, 30).scores
+    )
     for x, y in zip(attribution.attributions(q, ids, 5), attribution.attributions(f, ids, 5),
                     strict=True):  # fmt: skip
         np.testing.assert_array_equal(x, y)
